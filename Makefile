@@ -1,0 +1,51 @@
+# Two commands on a fresh machine:
+#   make run    set up .venv (pinned, CPU) and run the workflow on the embedded default
+#   make test   set up .venv and run the test suite
+# Both are idempotent: the install step reruns only when pyproject.toml or the
+# constraints change.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS := data,train,quantize,eval,workflow,dev
+CORES ?= all
+# DeepSpeed compiles its ops just in time; keep them between runs.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test test-fast lint dry-run lock clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU wheel first: an unpinned torch would pull gigabytes of CUDA packages.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/snakemake --lint
+
+dry-run: setup
+	$(BIN)/snakemake -n --cores 1
+
+lock: setup
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements/constraints.txt.new
+	mv requirements/constraints.txt.new requirements/constraints.txt
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,80 @@
+# Paths, candidate lists and input functions shared by every rule file.
+# Paths are built once here from config["paths"]; rule files never retype them.
+
+import json
+
+R = config["paths"]["results"]
+L = config["paths"]["logs"]
+MODEL = config["model_name"]
+CANDIDATES = [c["name"] for c in config["base"]["candidates"]]
+CANDIDATE_SPECS = {c["name"]: c for c in config["base"]["candidates"]}
+VERSIONS = config["evaluate"]["versions"]
+
+CORPUS_DOCS = f"{R}/corpus/docs.parquet"
+CORPUS_CLEAN = f"{R}/corpus/clean.parquet"
+CORPUS_STATS = f"{R}/corpus/stats.json"
+CORPUS_SELECTED = f"{R}/corpus/selected.parquet"
+DOMAIN_SEED = f"{R}/data/domain_seed.parquet"
+DOMAIN_HELDOUT = f"{R}/data/domain_heldout.parquet"
+SFT_CANDIDATES = f"{R}/data/sft_candidates.parquet"
+SFT_DATA = f"{R}/data/sft.parquet"
+EVAL_PROMPTS = f"{R}/data/eval_prompts.parquet"
+FEEDBACK_TRAIN = f"{R}/data/feedback_train.parquet"
+FEEDBACK_TEST = f"{R}/data/feedback_test.parquet"
+EVALUATOR_DIR = f"{R}/evaluators/feedback-lgbm"
+SELECTION_TABLE = f"{R}/selection/table.parquet"
+CHOSEN = f"{R}/selection/chosen.json"
+EVAL_TABLE = f"{R}/eval/table.parquet"
+
+if config["base"]["choose"] != "auto" and config["base"]["choose"] not in CANDIDATES:
+    raise ValueError(
+        f"config key 'base.choose': '{config['base']['choose']}' is not 'auto' or a candidate "
+        f"name ({', '.join(CANDIDATES)})"
+    )
+
+
+wildcard_constraints:
+    candidate="|".join(CANDIDATES),
+    version="|".join(["base", "cpt", "sft", "sft-gptq"]),
+    tokenizer="[A-Za-z0-9._-]+",
+
+
+def chosen_base(wildcards=None):
+    """Name of the base model that feeds training: the override, or the ranking's winner."""
+    if config["base"]["choose"] != "auto":
+        return config["base"]["choose"]
+    with open(checkpoints.select_base.get().output.chosen) as f:
+        return json.load(f)["name"]
+
+
+def base_dir(name):
+    return f"{R}/base/{name}"
+
+
+def chosen_base_dir(wildcards=None):
+    return base_dir(chosen_base())
+
+
+def chosen_shards(wildcards=None):
+    """Shards tokenised with the chosen base's tokenizer (their manifest is the file dependency)."""
+    return f"{R}/shards/{chosen_base()}/manifest.json"
+
+
+def model_dir(version):
+    """Folder of a model version: the chosen base, or results/models/<name>/<version>."""
+    if version == "base":
+        return chosen_base_dir()
+    return f"{R}/models/{MODEL}/{version}"
+
+
+def version_model_dir(wildcards):
+    return model_dir(wildcards.version)
+
+
+def checkpoint_dir(stage):
+    """Where training checkpoints live: outside declared outputs, so a failed job keeps them."""
+    return f"{R}/checkpoints/{MODEL}/{stage}"
+
+
+def source_paths(wildcards=None):
+    return [s["path"] for s in config["corpus"]["sources"]]

@@ -1,0 +1,100 @@
+"""Load and validate the workflow configuration against ``config/schema.yaml``.
+
+The schema is JSON Schema written in YAML: every key has a description and,
+where optional, a default; unknown keys are errors. Validation fills defaults in
+place so every stage sees a complete config.
+
+Usage:
+    domainllm validate config/config.yaml [--print]
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+import yaml
+
+from domainllm.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def _key_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<root>"
+
+
+def _extend_with_default(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    import jsonschema
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH, *, source: str = "config") -> dict:
+    """Validate ``config`` in place, filling defaults.
+
+    Args:
+        config: the parsed configuration.
+        schema_path: the YAML JSON-Schema file.
+        source: a name for the config in messages (usually its file path).
+
+    Returns:
+        The same dict, with defaults filled.
+
+    Raises:
+        ConfigError: naming the key path (``corpus.sources[2].format``) of the
+            first problems found, e.g. an unknown key or a wrong type.
+    """
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(config).__name__}")
+    validator = _extend_with_default(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        lines = []
+        for e in errors[:10]:
+            where = _key_path(e.absolute_path)
+            if e.validator == "additionalProperties":
+                allowed = sorted(e.schema.get("properties", {}))
+                extra = sorted(set(e.instance) - set(allowed))
+                for k in extra:
+                    key = f"{where}.{k}" if where != "<root>" else k
+                    lines.append(f"unknown key '{key}' (allowed here: {', '.join(allowed)})")
+            else:
+                lines.append(f"key '{where}': {e.message}")
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines))
+    return config
+
+
+def load_config(path: str | Path, overrides: dict | None = None, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Read a YAML config file, apply nested ``overrides`` and validate it."""
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if overrides:
+        deep_update(config, overrides)
+    return validate_config(config, schema_path, source=str(path))
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    """Recursively merge ``new`` into ``base`` (dicts merge, anything else replaces)."""
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base

@@ -1,0 +1,91 @@
+"""The whole DAG on config/test.yaml in a fresh folder, checked by content."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tests.conftest import make_workdir, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = make_workdir(tmp_path_factory.mktemp("e2e"))
+    snakemake("--cores", "2", "--configfile", "config/test.yaml", cwd=work, timeout=3000)
+    return work
+
+
+def test_selected_documents_are_ranked_by_similarity(run):
+    selected = pl.read_parquet(run / "results/corpus/selected.parquet")
+    clean = pl.read_parquet(run / "results/corpus/clean.parquet")
+    assert 0 < selected.height < clean.height
+    scores = selected["score"].to_numpy()
+    assert np.all(np.diff(scores) <= 0), "selected documents are not sorted by score"
+    assert set(selected["id"]) <= set(clean["id"])
+
+
+def test_shards_decode_back_to_text(run):
+    from transformers import AutoTokenizer
+
+    from domainllm.corpus.shards import load_tokens
+
+    chosen = json.loads((run / "results/selection/chosen.json").read_text())
+    shard_dir = run / "results/shards" / chosen["name"]
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    tokens = load_tokens(shard_dir)
+    assert len(tokens) == manifest["total_tokens"] > 0
+    tok = AutoTokenizer.from_pretrained(run / "results/base" / chosen["name"])
+    eos = manifest["eos_id"]
+    first_doc = np.asarray(tokens[: int(np.argmax(np.asarray(tokens) == eos))])
+    text = tok.decode(first_doc.tolist())
+    selected = pl.read_parquet(run / "results/corpus/selected.parquet")
+    assert text.strip()[:40] in selected["text"][0] or selected["text"][0][:40] in text
+
+
+def test_training_loss_fell(run):
+    for stage in ("cpt", "sft"):
+        m = json.loads((run / f"results/models/tiny-test/{stage}/train_metrics.json").read_text())
+        assert m["last_loss"] < m["first_loss"], f"{stage} loss did not fall: {m}"
+
+
+def test_quantised_model_is_4_bit(run):
+    cfg = json.loads((run / "results/models/tiny-test/sft-gptq/config.json").read_text())
+    qc = cfg["quantization_config"]
+    bits = {g["weights"]["num_bits"] for g in qc["config_groups"].values()}
+    assert bits == {4}
+
+
+def test_selection_table_ranks_every_candidate(run):
+    table = pl.read_parquet(run / "results/selection/table.parquet")
+    assert sorted(table["name"]) == ["tiny-en", "tiny-ja"]
+    chosen = json.loads((run / "results/selection/chosen.json").read_text())
+    assert chosen["name"] in table["name"].to_list()
+
+
+def test_generations_exist_for_every_version(run):
+    for version in ("base", "cpt", "sft", "sft-gptq"):
+        gen = pl.read_parquet(run / f"results/generations/{version}.parquet")
+        assert gen.height == 8
+        assert (gen["output_tokens"] > 0).all()
+
+
+def test_evaluation_table_has_a_finite_row_per_version(run):
+    table = pl.read_parquet(run / "results/eval/table.parquet")
+    assert table["version"].to_list() == ["base", "cpt", "sft", "sft-gptq"]
+    numeric = [c for c, t in zip(table.columns, table.dtypes) if t.is_numeric()]
+    assert {"jcqa_acc", "domain_bits_per_char"} <= set(numeric)
+    for col in numeric:
+        assert all(math.isfinite(v) for v in table[col].to_list()), col
+    metrics = json.loads((run / "results/eval/metrics.json").read_text())
+    assert set(metrics) == {"base", "cpt", "sft", "sft-gptq"}
+
+
+def test_a_second_run_has_nothing_to_do(run):
+    proc = snakemake("-n", "--cores", "1", "--configfile", "config/test.yaml", cwd=run)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
