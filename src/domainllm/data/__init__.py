@@ -1,0 +1,1 @@
+"""Preparation of the non-corpus data sets: domain texts, instructions, feedback pairs."""
