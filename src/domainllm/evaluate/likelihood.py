@@ -1,0 +1,259 @@
+"""Log-likelihood evaluation: multiple-choice accuracy and bits per character.
+
+Both work for any causal LM and tokenizer, so models with different
+vocabularies can be compared: multiple choice asks which continuation the model
+finds most likely (as lm-evaluation-harness does), and bits per character
+divides the cross-entropy by the number of characters rather than tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from domainllm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+JCQA_PROMPT = "質問:{question}\n答え:"
+
+
+def load_jcqa(path: str | os.PathLike, max_items: int | None = None) -> list[dict]:
+    """Read JCommonsenseQA items (JSON Lines, or one JSON array) into dicts.
+
+    Args:
+        path: file with objects holding ``question``, ``choice0``..``choiceN`` and ``label``.
+        max_items: keep the first N items (None keeps all).
+
+    Returns:
+        ``[{"id", "question", "choices": [...], "label": int}, ...]``.
+
+    Raises:
+        DataError: naming the file and line of an item with a missing field, an
+            empty choice list or a label outside the choices.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: JCommonsenseQA file not found")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            rows = list(enumerate(json.loads(text), 1))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
+    else:
+        from domainllm.io import read_jsonl
+
+        rows = list(read_jsonl(p))
+    items = []
+    for where, obj in rows:
+        if max_items is not None and len(items) >= max_items:
+            break
+        if not isinstance(obj, dict) or "question" not in obj or "label" not in obj:
+            raise DataError(f"{p}:{where}: item needs 'question', 'choice0'.. and 'label'")
+        choices = []
+        while f"choice{len(choices)}" in obj:
+            choices.append(str(obj[f"choice{len(choices)}"]))
+        if len(choices) < 2:
+            raise DataError(f"{p}:{where}: item has fewer than two choices (choice0, choice1, ...)")
+        try:
+            label = int(obj["label"])
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{p}:{where}: label {obj['label']!r} is not an integer") from e
+        if not 0 <= label < len(choices):
+            raise DataError(f"{p}:{where}: label {label} outside 0..{len(choices) - 1}")
+        items.append(
+            {
+                "id": obj.get("q_id", where),
+                "question": str(obj["question"]),
+                "choices": choices,
+                "label": label,
+            }
+        )
+    if not items:
+        raise DataError(f"{p}: no JCommonsenseQA items")
+    return items
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of context and continuation, split as lm-evaluation-harness does.
+
+    The whole string is encoded once and the continuation is what follows the
+    context's own encoding, so merges across the boundary are scored as the
+    model would see them. Trailing context spaces move to the continuation.
+    """
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tokenizer(context + continuation)["input_ids"]
+    ctx = tokenizer(context)["input_ids"]
+    cont = whole[len(ctx) :]
+    if not cont:
+        # The continuation merged into the context's last token: score that token.
+        ctx, cont = whole[:-1], whole[-1:]
+    return ctx, cont
+
+
+def continuation_logliks(
+    model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16, desc: str = "loglik"
+) -> list[float]:
+    """Sum of log-probabilities of each continuation given its context.
+
+    Args:
+        pairs: ``(context, continuation)`` strings.
+
+    Returns:
+        One float (natural log) per pair, in the input order.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = _device(model)
+    max_len = getattr(model.config, "max_position_embeddings", None) or 2048
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    reqs = []
+    for i, (context, continuation) in enumerate(pairs):
+        ctx, cont = encode_pair(tokenizer, context, continuation)
+        # The model reads context + continuation minus its last token; keep the
+        # rightmost max_len tokens (the continuation must stay whole).
+        inp = (ctx + cont)[:-1][-max_len:]
+        reqs.append((i, inp, cont))
+    # Longest first: padding waste is small and a too-large batch fails at once.
+    reqs.sort(key=lambda r: -len(r[1]))
+    out = [0.0] * len(pairs)
+    with torch.inference_mode():
+        for start in tqdm(
+            range(0, len(reqs), batch_size), desc=desc, unit="batch", mininterval=2.0
+        ):
+            batch = reqs[start : start + batch_size]
+            width = max(len(r[1]) for r in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for j, (_, inp, _) in enumerate(batch):
+                ids[j, : len(inp)] = torch.tensor(inp)
+                mask[j, : len(inp)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for j, (i, inp, cont) in enumerate(batch):
+                # Positions len(inp)-n .. len(inp)-1 predict the continuation tokens
+                # (a continuation longer than the window keeps its scoreable tail).
+                n = min(len(cont), len(inp))
+                sl = logits[j, len(inp) - n : len(inp)].float().log_softmax(-1)
+                target = torch.tensor(cont[len(cont) - n :], device=sl.device).unsqueeze(-1)
+                out[i] = float(sl.gather(-1, target).sum())
+    return out
+
+
+def choice_logliks(model, tokenizer, items: list[dict], batch_size: int = 16) -> list[list[float]]:
+    """Log-likelihood of every choice of every item, as ``[[ll_choice0, ...], ...]``."""
+    pairs = [
+        (JCQA_PROMPT.format(question=item["question"]), choice)
+        for item in items
+        for choice in item["choices"]
+    ]
+    flat = continuation_logliks(model, tokenizer, pairs, batch_size, desc="mcqa")
+    out, k = [], 0
+    for item in items:
+        out.append(flat[k : k + len(item["choices"])])
+        k += len(item["choices"])
+    return out
+
+
+def _argmax(values: list[float]) -> int:
+    # First maximum wins, as numpy.argmax does.
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def mcqa_accuracy(model, tokenizer, items: list[dict], batch_size: int = 16) -> dict:
+    """Log-likelihood multiple-choice accuracy.
+
+    Each choice is scored as the continuation of ``質問:{question}\\n答え:``.
+    ``acc`` takes the choice with the highest log-likelihood, ``acc_norm`` the
+    highest log-likelihood per UTF-8 byte of the choice (which removes the bias
+    towards short answers).
+
+    Returns:
+        ``{"acc": float, "acc_norm": float, "n": int}``.
+    """
+    if not items:
+        raise DataError("mcqa_accuracy: no items")
+    lls = choice_logliks(model, tokenizer, items, batch_size)
+    acc = acc_norm = 0
+    for item, ll in zip(items, lls, strict=True):
+        lengths = [max(1, len(c.encode("utf-8"))) for c in item["choices"]]
+        acc += _argmax(ll) == item["label"]
+        acc_norm += _argmax([x / n for x, n in zip(ll, lengths, strict=True)]) == item["label"]
+    n = len(items)
+    return {"acc": acc / n, "acc_norm": acc_norm / n, "n": n}
+
+
+def domain_bits_per_char(
+    model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 16
+) -> dict:
+    """Cross-entropy of ``texts`` in bits per character, and token-level perplexity.
+
+    Each text is tokenised with ``<s>`` in front (when the tokenizer has one)
+    and cut into non-overlapping windows of ``seq_len`` inputs; every token after
+    the first is predicted exactly once, with the context of its window.
+
+    Returns:
+        ``{"bits_per_char", "perplexity", "tokens" (predicted), "chars"}``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    texts = [t for t in texts if t]
+    if not texts:
+        raise DataError("domain_bits_per_char: no non-empty texts")
+    device = _device(model)
+    bos = tokenizer.bos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    windows: list[tuple[list[int], list[int]]] = []
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for ids in encoded:
+        seq = ([bos] if bos is not None else []) + list(ids)
+        for s in range(0, len(seq) - 1, seq_len):
+            windows.append((seq[s : s + seq_len], seq[s + 1 : s + seq_len + 1]))
+    total_nll = 0.0
+    total_tokens = 0
+    with torch.inference_mode():
+        for start in tqdm(
+            range(0, len(windows), batch_size), desc="bits/char", unit="batch", mininterval=2.0
+        ):
+            batch = windows[start : start + batch_size]
+            width = max(len(w[0]) for w in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for j, (inp, tgt) in enumerate(batch):
+                ids[j, : len(inp)] = torch.tensor(inp)
+                mask[j, : len(inp)] = 1
+                labels[j, : len(tgt)] = torch.tensor(tgt)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            labels = labels.to(logits.device)
+            total_nll += float(
+                F.cross_entropy(
+                    logits.float().flatten(0, 1),
+                    labels.flatten(),
+                    ignore_index=-100,
+                    reduction="sum",
+                )
+            )
+            total_tokens += int((labels != -100).sum())
+    chars = sum(len(t) for t in texts)
+    return {
+        "bits_per_char": total_nll / math.log(2) / chars,
+        "perplexity": math.exp(total_nll / total_tokens),
+        "tokens": total_tokens,
+        "chars": chars,
+    }

@@ -1,0 +1,208 @@
+"""Tests of domainllm.evaluate.likelihood: multiple choice and bits per character."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from domainllm.errors import DataError
+from domainllm.evaluate import likelihood
+from domainllm.evaluate.likelihood import (
+    JCQA_PROMPT,
+    continuation_logliks,
+    domain_bits_per_char,
+    encode_pair,
+    load_jcqa,
+    mcqa_accuracy,
+)
+
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
+JCQA = SAMPLES / "jglue" / "jcommonsenseqa-v1.3_valid-v1.3.json"
+
+
+def chabsa_docs(n: int) -> list[str]:
+    out = []
+    with open(SAMPLES / "chabsa" / "chabsa_all.jsonl", encoding="utf-8") as f:
+        for line in f:
+            out.append("\n".join(s["sentence"] for s in json.loads(line)["sentences"]))
+            if len(out) >= n:
+                break
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from domainllm.models.build import train_tokenizer
+
+    items = load_jcqa(JCQA, 200)
+    texts = chabsa_docs(20) + [i["question"] + "".join(i["choices"]) for i in items]
+    return train_tokenizer(texts, 800)
+
+
+def tiny_llama(tokenizer, seed: int = 0, uniform: bool = False):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    if uniform:
+        # Zero output weights: every next-token distribution is uniform over the vocabulary.
+        with torch.no_grad():
+            model.lm_head.weight.zero_()
+    return model
+
+
+def test_load_jcqa_reads_the_real_file():
+    items = load_jcqa(JCQA, 7)
+    assert len(items) == 7
+    assert items[0]["question"] == "電子機器で使用される最も主要な電子回路基板の事をなんと言う？"
+    assert items[0]["choices"][items[0]["label"]] == "マザーボード"
+    assert all(len(i["choices"]) == 5 for i in items)
+
+
+def test_load_jcqa_names_the_bad_line(tmp_path):
+    bad = tmp_path / "q.jsonl"
+    good = {"question": "q", "choice0": "a", "choice1": "b", "label": 1}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "label": 5}) + "\n")
+    with pytest.raises(DataError, match=r"q.jsonl:2: label 5"):
+        load_jcqa(bad)
+    bad.write_text(json.dumps({"question": "q", "choice0": "a"}) + "\n")
+    with pytest.raises(DataError, match=r"q.jsonl:1"):
+        load_jcqa(bad)
+
+
+def test_encode_pair_splits_like_the_harness(tokenizer):
+    ctx, cont = encode_pair(tokenizer, "質問:水を出すときに捻るものは？\n答え:", "蛇口")
+    whole = tokenizer("質問:水を出すときに捻るものは？\n答え:蛇口")["input_ids"]
+    assert ctx + cont == whole and ctx[0] == tokenizer.bos_token_id and cont
+    # A trailing space of the context moves to the continuation.
+    ctx2, cont2 = encode_pair(tokenizer, "answer: ", "yes")
+    assert ctx2 == tokenizer("answer:")["input_ids"]
+    assert cont2 == tokenizer("answer: yes")["input_ids"][len(ctx2) :]
+
+
+def test_logliks_match_a_direct_computation(tokenizer):
+    import torch
+
+    model = tiny_llama(tokenizer, seed=3)
+    items = load_jcqa(JCQA, 4)
+    pairs = [(JCQA_PROMPT.format(question=i["question"]), c) for i in items for c in i["choices"]]
+    batched = continuation_logliks(model, tokenizer, pairs, batch_size=7)
+    for (context, choice), got in zip(pairs, batched, strict=True):
+        n_ctx = len(tokenizer(context)["input_ids"])
+        ids = tokenizer(context + choice)["input_ids"]
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        want = sum(float(logp[p - 1, ids[p]]) for p in range(n_ctx, len(ids)))
+        assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_uniform_model_scores_choices_by_token_count(tokenizer):
+    model = tiny_llama(tokenizer, uniform=True)
+    log_v = math.log(len(tokenizer))
+    context = JCQA_PROMPT.format(question="決算で最も重要な数字は？")
+    choices = ["売上高", "営業利益の前年同期比", "株", "当連結会計年度の経常利益"]
+    lls = continuation_logliks(model, tokenizer, [(context, c) for c in choices], batch_size=3)
+    n_tokens = [len(encode_pair(tokenizer, context, c)[1]) for c in choices]
+    assert lls == pytest.approx([-n * log_v for n in n_tokens], abs=1e-4)
+    # Fewest tokens wins acc; most bytes per token wins acc_norm.
+    best_acc = min(range(4), key=lambda i: (n_tokens[i], i))
+    best_norm = max(range(4), key=lambda i: (len(choices[i].encode()) / n_tokens[i], -i))
+    assert best_acc != best_norm
+    items = [{"question": "決算で最も重要な数字は？", "choices": choices, "label": best_acc}]
+    assert mcqa_accuracy(model, tokenizer, items) == {"acc": 1.0, "acc_norm": 0.0, "n": 1}
+    items[0]["label"] = best_norm
+    assert mcqa_accuracy(model, tokenizer, items) == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+
+
+def test_acc_norm_divides_by_utf8_bytes(monkeypatch):
+    items = [
+        {"question": "q1", "choices": ["あ", "あいうえお"], "label": 1},  # 3 vs 15 bytes
+        {"question": "q2", "choices": ["ab", "abcdef"], "label": 0},
+        {"question": "q3", "choices": ["x", "y", "z"], "label": 2},
+    ]
+    lls = [[-3.0, -6.0], [-2.0, -4.0], [-5.0, -5.0, -1.0]]
+    monkeypatch.setattr(likelihood, "choice_logliks", lambda *a, **k: lls)
+    out = mcqa_accuracy(None, None, items)
+    # acc: item1 wrong (picks 0), item2 right, item3 right; acc_norm: item1 right
+    # (-6/15 > -3/3), item2 wrong (-4/6 > -2/2), item3 right.
+    assert out == {"acc": pytest.approx(2 / 3), "acc_norm": pytest.approx(2 / 3), "n": 3}
+    items[1]["label"] = 1
+    out = mcqa_accuracy(None, None, items)
+    assert out["acc"] == pytest.approx(1 / 3) and out["acc_norm"] == pytest.approx(1.0)
+
+
+def test_bits_per_char_of_a_uniform_model_is_log2_vocab_per_token(tokenizer):
+    model = tiny_llama(tokenizer, uniform=True)
+    texts = chabsa_docs(3)
+    n_tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    chars = sum(len(t) for t in texts)
+    out = domain_bits_per_char(model, tokenizer, texts, seq_len=16)
+    assert out["tokens"] == n_tokens and out["chars"] == chars  # each token predicted once
+    assert out["perplexity"] == pytest.approx(len(tokenizer), rel=1e-4)
+    assert out["bits_per_char"] == pytest.approx(
+        n_tokens * math.log2(len(tokenizer)) / chars, rel=1e-5
+    )
+
+
+def test_bits_per_char_is_lower_on_trained_text(tokenizer):
+    import torch
+
+    torch.set_num_threads(1)
+    model = tiny_llama(tokenizer, seed=1).train()
+    texts = chabsa_docs(3)
+    ids = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    stream = torch.tensor([i for doc in ids for i in doc])
+    windows = stream[: len(stream) // 64 * 64].view(-1, 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for step in range(40):
+        batch = windows[(torch.arange(8) + step * 8) % len(windows)]
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    rng = random.Random(0)
+    alphabet = sorted(set("".join(texts)))
+    noise = ["".join(rng.choice(alphabet) for _ in range(len(t))) for t in texts]
+    seen = domain_bits_per_char(model, tokenizer, texts, seq_len=64)
+    unseen = domain_bits_per_char(model, tokenizer, noise, seq_len=64)
+    assert math.isfinite(seen["bits_per_char"]) and math.isfinite(unseen["bits_per_char"])
+    assert seen["bits_per_char"] < 0.7 * unseen["bits_per_char"]
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(tokenizer):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = tiny_llama(tokenizer, seed=5)
+    items = load_jcqa(JCQA, 20)
+    texts = chabsa_docs(2)
+    cpu = (
+        mcqa_accuracy(model, tokenizer, items),
+        domain_bits_per_char(model, tokenizer, texts, 64),
+    )
+    model.to("cuda")
+    gpu = (
+        mcqa_accuracy(model, tokenizer, items),
+        domain_bits_per_char(model, tokenizer, texts, 64),
+    )
+    assert gpu[0]["n"] == cpu[0]["n"]
+    assert gpu[1]["bits_per_char"] == pytest.approx(cpu[1]["bits_per_char"], rel=1e-3)

@@ -1,0 +1,115 @@
+"""Tests of domainllm.models.select: ranking, weighting and the override."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from domainllm.errors import PipelineError
+from domainllm.models.select import normalised_ranks, select_base
+
+WEIGHTS = {"chars_per_token": 1.0, "domain_bits_per_char": 1.0, "jcqa_acc_norm": 1.0}
+
+
+def write_scores(tmp_path, rows: dict[str, tuple[float, float, float]]) -> list[str]:
+    paths = []
+    for name, (cpt, bpc, acc) in rows.items():
+        p = tmp_path / "scores" / f"{name}.json"
+        p.parent.mkdir(exist_ok=True)
+        p.write_text(
+            json.dumps(
+                {
+                    "candidate": name,
+                    "model_dir": f"results/base/{name}",
+                    "parameters": 1000,
+                    "vocab_size": 500,
+                    "chars_per_token": cpt,
+                    "domain_bits_per_char": bpc,
+                    "jcqa_acc_norm": acc,
+                    "jcqa_acc": acc,
+                    "domain_perplexity": 10.0,
+                }
+            )
+        )
+        paths.append(str(p))
+    return paths
+
+
+def run(tmp_path, paths, weights=WEIGHTS, choose="auto"):
+    out = {
+        k: str(tmp_path / f)
+        for k, f in (
+            ("table", "table.parquet"),
+            ("table_md", "table.md"),
+            ("chosen", "chosen.json"),
+        )
+    }
+    result = select_base(
+        paths, out["table"], out["table_md"], out["chosen"], weights=weights, choose=choose
+    )
+    return (
+        result,
+        pl.read_parquet(out["table"]),
+        (tmp_path / "table.md").read_text(),
+        json.loads((tmp_path / "chosen.json").read_text()),
+    )
+
+
+def test_normalised_ranks():
+    assert normalised_ranks([3.0, 1.0, 2.0], higher_better=True) == [1.0, 0.0, 0.5]
+    assert normalised_ranks([3.0, 1.0, 2.0], higher_better=False) == [0.0, 1.0, 0.5]
+    assert normalised_ranks([1.0, 1.0, 0.0], higher_better=True) == [0.75, 0.75, 0.0]
+    assert normalised_ranks([float("nan"), 2.0], higher_better=False) == [0.0, 1.0]
+    assert normalised_ranks([5.0], higher_better=True) == [1.0]
+
+
+def test_weighted_ranks_choose_the_best(tmp_path):
+    paths = write_scores(
+        tmp_path,
+        {
+            "a": (1.5, 6.0, 0.20),  # best tokenizer and bits/char
+            "b": (0.4, 9.0, 0.30),  # best JCQA only
+            "c": (1.0, 7.0, 0.25),
+        },
+    )
+    result, table, md, chosen = run(tmp_path, paths)
+    assert table["candidate"].to_list() == ["a", "c", "b"]  # sorted by score
+    assert table["score"].to_list() == pytest.approx([2.0, 1.5, 1.0])
+    assert table.filter(pl.col("candidate") == "b")["rank_jcqa_acc_norm"].item() == 1.0
+    assert chosen == result
+    assert chosen["name"] == "a" and chosen["path"] == "results/base/a"
+    assert chosen["override"] is False and chosen["scores"]["chars_per_token"] == 1.5
+    assert "| a |" in md and "Chosen: **a**" in md and "override" not in md
+    # Weighting JCQA heavily makes b win.
+    weights = {**WEIGHTS, "jcqa_acc_norm": 5.0}
+    assert run(tmp_path, paths, weights=weights)[3]["name"] == "b"
+    # A zero weight ignores a metric: bits/char alone picks a.
+    weights = {"chars_per_token": 0.0, "domain_bits_per_char": 1.0, "jcqa_acc_norm": 0.0}
+    assert run(tmp_path, paths, weights=weights)[3]["name"] == "a"
+
+
+def test_override_is_recorded(tmp_path):
+    paths = write_scores(tmp_path, {"a": (1.5, 6.0, 0.2), "b": (0.4, 9.0, 0.3)})
+    _, table, md, chosen = run(tmp_path, paths, choose="b")
+    assert chosen["name"] == "b" and chosen["override"] is True and chosen["best_ranked"] == "a"
+    assert chosen["path"] == "results/base/b"
+    assert table.filter(pl.col("chosen"))["candidate"].to_list() == ["b"]
+    assert "override" in md and "best was a" in md
+
+
+def test_bad_selection_requests(tmp_path):
+    paths = write_scores(tmp_path, {"a": (1.5, 6.0, 0.2), "b": (0.4, 9.0, 0.3)})
+    with pytest.raises(PipelineError, match="base.choose.*'zzz'"):
+        run(tmp_path, paths, choose="zzz")
+    with pytest.raises(PipelineError, match="weights.*bleu"):
+        run(tmp_path, paths, weights={**WEIGHTS, "bleu": 1.0})
+    with pytest.raises(PipelineError, match="duplicate"):
+        run(tmp_path, paths + paths[:1])
+    assert not (tmp_path / "chosen.json").exists()
+
+
+def test_single_candidate_wins(tmp_path):
+    paths = write_scores(tmp_path, {"only": (1.0, 5.0, 0.2)})
+    assert run(tmp_path, paths)[3]["name"] == "only"
