@@ -56,8 +56,8 @@ def chosen_base_dir(wildcards=None):
 
 
 def chosen_shards(wildcards=None):
-    """Shards tokenised with the chosen base's tokenizer (their manifest is the file dependency)."""
-    return f"{R}/shards/{chosen_base()}/manifest.json"
+    """Folder of the shards tokenised with the chosen base's tokenizer."""
+    return f"{R}/shards/{chosen_base()}"
 
 
 def model_dir(version):
@@ -78,3 +78,42 @@ def checkpoint_dir(stage):
 
 def source_paths(wildcards=None):
     return [s["path"] for s in config["corpus"]["sources"]]
+
+
+def base_build_input(wildcards):
+    """Inputs of build_base: the cleaned corpus, only for candidates built from scratch."""
+    if CANDIDATE_SPECS[wildcards.candidate].get("build"):
+        return {"corpus": CORPUS_CLEAN}
+    return {}
+
+
+def candidate_setting(key, default=None):
+    """A params function returning one setting of the candidate named by the wildcard."""
+
+    def get(wildcards):
+        return CANDIDATE_SPECS[wildcards.candidate].get(key, default)
+
+    return get
+
+
+def tokenizer_base_dir(wildcards):
+    """The base folder whose tokenizer writes results/shards/<tokenizer>/."""
+    return base_dir(wildcards.tokenizer)
+
+
+def instruction_inputs(wildcards=None):
+    """Inputs of prepare_instructions: ELYZA-tasks-100, plus Self-Instruct when configured."""
+    ins = config["data"]["instructions"]
+    out = {"elyza": ins["elyza"]}
+    if ins.get("self_instruct"):
+        out["self_instruct"] = ins["self_instruct"]
+    return out
+
+
+def chosen_base_setting(key, default=None):
+    """A params function returning one setting of the chosen base candidate (training stages)."""
+
+    def get(wildcards):
+        return CANDIDATE_SPECS[chosen_base()].get(key, default)
+
+    return get

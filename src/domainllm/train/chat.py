@@ -10,18 +10,22 @@ USER_HEADER = "### ユーザー:\n"
 ASSISTANT_HEADER = "### アシスタント:\n"
 
 # Jinja, as transformers' apply_chat_template expects. The assistant turn ends
-# with the eos token so that generation learns to stop.
+# with the eos token so that generation learns to stop. The headers are
+# substituted as Jinja string literals (their newlines escaped).
 CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
-    "{% elif message['role'] == 'user' %}" + "{{ '" + USER_HEADER.replace("\n", "\\n") + "' }}"
-    "{{ message['content'] }}\n"
-    "{% elif message['role'] == 'assistant' %}" + "{{ '" + ASSISTANT_HEADER.replace("\n", "\\n") + "' }}"
-    "{{ message['content'] }}{{ eos_token }}\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}" + "{{ '" + ASSISTANT_HEADER.replace("\n", "\\n") + "' }}" + "{% endif %}"
+    (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+        "{% elif message['role'] == 'user' %}{{ '@USER@' }}{{ message['content'] }}\n"
+        "{% elif message['role'] == 'assistant' %}{{ '@ASSISTANT@' }}"
+        "{{ message['content'] }}{{ eos_token }}\n"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '@ASSISTANT@' }}{% endif %}"
+    )
+    .replace("@USER@", USER_HEADER.replace("\n", "\\n"))
+    .replace("@ASSISTANT@", ASSISTANT_HEADER.replace("\n", "\\n"))
 )
 
 

@@ -1,0 +1,640 @@
+"""What continued pre-training and instruction tuning share around the Trainer.
+
+Checkpoint discovery and resumption, the TrainingArguments both stages use, the
+atomic (and multi-process safe) save of the final folder, train_metrics.json
+with the throughput/MFU estimate, and the loss curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from domainllm.errors import PipelineError
+from domainllm.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+RUN_FILE = "run.json"
+
+# Dense bf16 peak FLOP/s per device of accelerators the pipeline is known to run
+# on; used for the MFU estimate when no peak is configured. Unknown -> MFU null.
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit torch's CPU threads to the job's cores.
+
+    More threads than free cores makes every matrix product wait on spinning
+    workers: on a shared 2-core machine a step took 5x longer with 2 threads.
+    """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+
+
+def is_main_process() -> bool:
+    """True on the process that writes shared files (rank 0, or the only one)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def wait_for_everyone() -> None:
+    """Barrier across training processes; a no-op without torch.distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def complete_checkpoints(checkpoint_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Return ``(step, path)`` of the checkpoints the Trainer finished writing, oldest first.
+
+    The Trainer writes ``trainer_state.json`` last, so a folder without it is a
+    save that a killed job left half-written; it is skipped.
+    """
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = CHECKPOINT_RE.match(p.name)
+        if m and p.is_dir():
+            if (p / "trainer_state.json").is_file():
+                found.append((int(m.group(1)), p))
+            else:
+                log.warning("ignoring incomplete checkpoint %s (no trainer_state.json)", p)
+    return sorted(found)
+
+
+def latest_checkpoint(
+    checkpoint_dir: str | os.PathLike, max_steps: int | None = None
+) -> Path | None:
+    """The newest complete checkpoint under ``checkpoint_dir`` (at most ``max_steps``), or None.
+
+    Checkpoints beyond ``max_steps`` (a rerun with fewer steps) are not used:
+    resuming from them would yield a model trained longer than asked.
+    """
+    found = [
+        (step, p) for step, p in complete_checkpoints(checkpoint_dir)
+        if max_steps is None or step <= max_steps
+    ]  # fmt: skip
+    return found[-1][1] if found else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimiser step a ``checkpoint-N`` folder was saved at."""
+    return int(CHECKPOINT_RE.match(checkpoint.name).group(1))
+
+
+def folder_fingerprint(path: str | os.PathLike, sample: int = 1 << 16) -> str:
+    """A cheap content identity of a model folder or data file.
+
+    Small files (configs, manifests, tokenizers) are hashed whole; large ones
+    (weights) by size and three ``sample``-byte slices (start, middle, end), which
+    any retraining changes, so hashing a multi-GB checkpoint costs milliseconds.
+    """
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        rel = f.name if p.is_file() else str(f.relative_to(p))
+        size = f.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        if size <= 1 << 20:
+            h.update(f.read_bytes())
+            continue
+        with open(f, "rb") as fh:
+            for offset in (0, size // 2, max(0, size - sample)):
+                fh.seek(offset)
+                h.update(fh.read(sample))
+    return h.hexdigest()
+
+
+def prepare_checkpoint_dir(
+    checkpoint_dir: str | os.PathLike, run: dict[str, Any], max_steps: int | None = None
+) -> Path | None:
+    """Check the checkpoints in ``checkpoint_dir`` belong to this run; return the one to resume.
+
+    ``run`` identifies the inputs and the hyper-parameters a resumed run must
+    share with the one that wrote the checkpoints (not ``max_steps``: raising it
+    continues a finished run). Checkpoints of a different run (new base, data or
+    learning rate) would silently mix two trainings, so they are removed with a
+    warning and training starts afresh. Called on every process; only the main
+    process deletes or writes.
+    """
+    root = Path(checkpoint_dir)
+    run_file = root / RUN_FILE
+    if is_main_process():
+        root.mkdir(parents=True, exist_ok=True)
+        old = None
+        if run_file.is_file():
+            try:
+                old = json.loads(run_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                old = None
+        stale = complete_checkpoints(root) and old != run
+        if stale:
+            changed = sorted(
+                k for k in set(run) | set(old or {}) if (old or {}).get(k) != run.get(k)
+            )
+            log.warning(
+                "checkpoints in %s were written by a different run (changed: %s); removing them "
+                "and training from the start",
+                root,
+                ", ".join(changed) or "unknown",
+            )
+        if stale or old != run:
+            for p in root.iterdir():
+                if CHECKPOINT_RE.match(p.name) and p.is_dir():
+                    shutil.rmtree(p)
+            write_json(run, run_file)
+    wait_for_everyone()
+    return latest_checkpoint(root, max_steps)
+
+
+# --------------------------------------------------------------------------- Trainer set-up
+
+
+def training_arguments(
+    *,
+    checkpoint_dir: str,
+    max_steps: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    learning_rate: float,
+    warmup_ratio: float,
+    save_steps: int,
+    save_total_limit: int,
+    logging_steps: int,
+    seed: int,
+    deepspeed: str | None,
+    bf16: bool,
+    count_tokens: str,
+    drop_last: bool = True,
+    group_by_length: bool = False,
+):
+    """TrainingArguments common to both stages: cosine schedule, no reporting, fixed seeds.
+
+    ``count_tokens`` is "all" (packed CPT windows) or "non_padding" (SFT batches).
+    Built BEFORE the model is loaded: with a ZeRO-3 DeepSpeed config, creating the
+    arguments is what lets ``from_pretrained`` partition the weights as they load.
+    """
+    from transformers import TrainingArguments
+
+    if deepspeed is not None and not Path(deepspeed).is_file():
+        raise PipelineError(f"DeepSpeed config {deepspeed} does not exist")
+    warmup_steps = int(round(warmup_ratio * max_steps))
+    return TrainingArguments(
+        output_dir=checkpoint_dir,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=warmup_steps,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=save_total_limit,
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        dataloader_drop_last=drop_last,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
+        remove_unused_columns=False,
+        include_num_input_tokens_seen=count_tokens,
+        deepspeed=deepspeed,
+        bf16=bf16,
+        disable_tqdm=False,
+        dataloader_pin_memory=_cuda(),
+        # Without CUDA, multi-process launches need use_cpu to form a gloo (MULTI_CPU)
+        # group; DeepSpeed brings its own CPU accelerator, so it is left to choose.
+        use_cpu=not _cuda() and deepspeed is None,
+        log_level="warning",
+    )
+
+
+def attach_logging(trainer) -> None:
+    """Send the Trainer's log records to the job log instead of stdout; keep the progress bar.
+
+    The stock ProgressCallback prints each record with ``tqdm.write`` on stdout,
+    which under Snakemake lands on the console, not in the rule's log file.
+    """
+    from transformers.trainer_callback import ProgressCallback, TrainerCallback
+
+    class _Bar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    class _Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                shown = {
+                    k: (f"{v:.4g}" if isinstance(v, float) else v)
+                    for k, v in logs.items()
+                    if k != "total_flos"
+                }
+                log.info("step %d/%d %s", state.global_step, state.max_steps, shown)
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_Bar())
+    trainer.add_callback(_Log())
+
+
+def load_model(base: str, *, trust_remote_code: bool, allow_pickle: bool):
+    """Load the model to train (train mode) and its tokenizer, with a pad token set.
+
+    Weights load in float32 whatever dtype they were saved in: bf16 training is
+    mixed precision (autocast, or DeepSpeed's fp32 master weights), never
+    optimiser updates on bf16 parameters.
+    """
+    import torch
+
+    from domainllm.models.loading import load_causal_lm
+
+    model, tokenizer = load_causal_lm(
+        base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, dtype=torch.float32
+    )
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked out of attention and loss, so any id works.
+        tokenizer.pad_token = tokenizer.eos_token
+    model.train()
+    return model, tokenizer
+
+
+def count_parameters(model) -> int:
+    """Parameters of the model, also when ZeRO-3 has partitioned them (``ds_numel``)."""
+    return int(sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()))
+
+
+def peak_flops_per_device(peak_flops: float | None) -> float | None:
+    """The configured peak, else the table's value for the CUDA device, else None (CPU)."""
+    if peak_flops is not None:
+        return float(peak_flops)
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    for key, value in PEAK_FLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``path`` when the block succeeds.
+
+    With one process this is :func:`domainllm.io.atomic_path`. Under a
+    multi-process launcher every rank must take part in saving (ZeRO-3 gathers
+    the weights), so all ranks share one temporary name and only rank 0 renames.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        with atomic_path(path, directory=True) as tmp:
+            yield tmp
+        return
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.tmp-train")
+    if is_main_process():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    wait_for_everyone()
+    try:
+        yield tmp
+        wait_for_everyone()
+        if is_main_process():
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    except BaseException:
+        if is_main_process():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def loss_history(log_history: list[dict]) -> list[dict]:
+    """The training-loss records of ``trainer.state.log_history`` (step, loss, lr)."""
+    out = []
+    for rec in log_history:
+        if "loss" in rec and "step" in rec:
+            out.append(
+                {
+                    "step": int(rec["step"]),
+                    "loss": float(rec["loss"]),
+                    "learning_rate": float(rec.get("learning_rate", float("nan"))),
+                }
+            )
+    return out
+
+
+def train_metrics(
+    state,
+    *,
+    runtime: float,
+    world_size: int,
+    resumed_from: Path | None,
+    start_tokens: int,
+    n_params: int,
+    peak_flops: float | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The train_metrics.json record: loss history, throughput and the MFU estimate.
+
+    Args:
+        state: the Trainer's ``TrainerState`` (restored history included on resume).
+        runtime: seconds this session trained (0 when nothing was left to train).
+        world_size: processes that trained together.
+        resumed_from: the checkpoint this session started from.
+        start_tokens: tokens seen when this session started.
+        n_params: model parameters.
+        peak_flops: peak FLOP/s per device, or None (see :func:`peak_flops_per_device`).
+        extra: stage-specific fields.
+
+    MFU uses the usual 6·N FLOPs per trained token (forward + backward, no
+    attention term) over this session's tokens per second, against the peak of
+    all devices together.
+    """
+    history = loss_history(state.log_history)
+    session_tokens = int(state.num_input_tokens_seen) - int(start_tokens)
+    tokens_per_s = session_tokens / runtime if runtime > 0 else None
+    peak = peak_flops_per_device(peak_flops)
+    mfu = None
+    if peak is not None and tokens_per_s is not None:
+        mfu = 6.0 * n_params * tokens_per_s / (peak * world_size)
+    return {
+        "steps": int(state.global_step),
+        "max_steps": int(state.max_steps),
+        "resumed_from": str(resumed_from) if resumed_from is not None else None,
+        "first_loss": history[0]["loss"] if history else None,
+        "last_loss": history[-1]["loss"] if history else None,
+        "loss_history": history,
+        "tokens_seen": int(state.num_input_tokens_seen),
+        "session_tokens": session_tokens,
+        "train_runtime_s": float(runtime),
+        "tokens_per_s": tokens_per_s,
+        "n_params": int(n_params),
+        "world_size": int(world_size),
+        "peak_flops_per_device": peak,
+        "mfu": mfu,
+        "epochs": float(state.epoch or 0.0),
+        **extra,
+    }
+
+
+def plot_loss_curve(history: list[dict], path: str | os.PathLike, title: str) -> None:
+    """Save the training loss against the optimiser step as a PNG (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _write_report(folder: Path, metrics: dict[str, Any], title: str) -> None:
+    (folder / "train_metrics.json").write_text(
+        json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
+    plot_loss_curve(metrics["loss_history"], folder / "loss_curve.png", title)
+
+
+# Files of a checkpoint that are training state, not the model.
+_STATE_FILES = re.compile(
+    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|"
+    r"training_args\.bin|latest|zero_to_.*\.py)$"
+)
+
+
+def safetensors_parameters(folder: Path) -> int:
+    """Parameters stored in a folder's safetensors files (read from their headers only)."""
+    import struct
+
+    total = 0
+    for f in folder.glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                count = 1
+                for d in meta["shape"]:
+                    count *= d
+                total += count
+    return total
+
+
+def _restore_use_cache(config: Path, base_config: Path) -> None:
+    """Give a checkpoint's config the base's ``use_cache`` (the Trainer saved it off)."""
+    if not config.is_file():
+        return
+    cfg = json.loads(config.read_text(encoding="utf-8"))
+    base_cfg = json.loads(base_config.read_text(encoding="utf-8")) if base_config.is_file() else {}
+    cfg["use_cache"] = base_cfg.get("use_cache", True)
+    config.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def finish_from_checkpoint(
+    checkpoint: Path,
+    output: str,
+    *,
+    base: str,
+    world_size: int,
+    extra: dict[str, Any],
+    title: str,
+) -> dict[str, Any]:
+    """Write ``output`` from a checkpoint saved at the final step, without training.
+
+    The Trainer, resumed at ``max_steps``, would still take one more step; a
+    rerun after the training finished (output deleted, or a change that does
+    not touch the run's identity such as ``save_steps``) instead copies the
+    checkpoint's model files and reports its recorded history.
+    """
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    metrics: dict[str, Any] = {}
+    log.info("%s already holds the final step; writing %s from it", checkpoint, output)
+    with output_folder(output) as tmp:
+        if is_main_process():
+            for f in checkpoint.iterdir():
+                if f.is_file() and not _STATE_FILES.match(f.name):
+                    shutil.copy2(f, tmp / f.name)
+            _restore_use_cache(tmp / "config.json", Path(base) / "config.json")
+            if not any(tmp.glob("*.safetensors")):
+                raise PipelineError(
+                    f"{checkpoint}: no consolidated safetensors weights to finish from (ZeRO-3 "
+                    "needs stage3_gather_16bit_weights_on_model_save); delete the checkpoint "
+                    "folder to train again"
+                )
+            metrics = train_metrics(
+                state, runtime=0.0, world_size=world_size, resumed_from=checkpoint,
+                start_tokens=state.num_input_tokens_seen,
+                n_params=safetensors_parameters(tmp), peak_flops=None, extra=extra,
+            )  # fmt: skip
+            _write_report(tmp, metrics, title)
+    return metrics
+
+
+def run_stage(
+    *,
+    base: str,
+    output: str,
+    checkpoint_dir: str,
+    args,
+    run: dict[str, Any],
+    build: Callable[[Any, Any], tuple[Any, Any, dict[str, Any]]],
+    extra: dict[str, Any],
+    peak_flops: float | None,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+    title: str,
+) -> dict[str, Any]:
+    """Resume-or-start one training stage and write its output folder.
+
+    Args:
+        base: model folder to train.
+        output: final folder (model, tokenizer, train_metrics.json, loss_curve.png).
+        checkpoint_dir: Trainer checkpoints (``args.output_dir``).
+        args: from :func:`training_arguments` (created before the model loads).
+        run: what a resumable checkpoint must share with this run (see
+            :func:`prepare_checkpoint_dir`).
+        build: ``(model, tokenizer) -> (train_dataset, data_collator, data_fields)``;
+            ``data_fields`` join the metrics.
+        extra: fields of the metrics known without loading anything.
+        peak_flops: per device, for MFU.
+        trust_remote_code: allow custom model code.
+        allow_pickle: allow pickled weights.
+        title: the loss plot's title.
+
+    Returns:
+        The metrics (empty on non-main processes).
+    """
+    import torch
+    from transformers import Trainer
+
+    max_steps = int(args.max_steps)
+    resume = prepare_checkpoint_dir(checkpoint_dir, run, max_steps)
+    world = int(args.world_size)
+    extra = {**extra, "device": str(args.device), "torch_threads": torch.get_num_threads()}
+    if resume is not None and checkpoint_step(resume) >= max_steps:
+        return finish_from_checkpoint(
+            resume, output, base=base, world_size=world, extra=extra, title=title
+        )
+
+    model, tokenizer = load_model(
+        base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
+    dataset, collator, data_fields = build(model, tokenizer)
+    use_cache = bool(getattr(model.config, "use_cache", True))
+    n_params = count_parameters(model)
+    log.info("%s: %.2fM parameters, %s", title, n_params / 1e6, data_fields)
+    start_tokens = 0
+    if resume is not None:
+        state = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))
+        start_tokens = int(state.get("num_input_tokens_seen", 0))
+        log.info("resuming from %s", resume)
+
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    attach_logging(trainer)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    # The Trainer switches the KV cache off in the config (args.use_cache); the saved
+    # model must keep the base's setting or every later generation runs without it.
+    model.config.use_cache = use_cache
+
+    metrics: dict[str, Any] = {}
+    with output_folder(output) as tmp:
+        trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the shards here
+        if is_main_process():
+            tokenizer.save_pretrained(str(tmp))
+            # save_model also drops the TrainingArguments pickle; the folder loads
+            # with safetensors only.
+            (tmp / "training_args.bin").unlink(missing_ok=True)
+            metrics = train_metrics(
+                trainer.state, runtime=float(result.metrics.get("train_runtime", 0.0)),
+                world_size=world, resumed_from=resume, start_tokens=start_tokens,
+                n_params=n_params, peak_flops=peak_flops, extra={**extra, **data_fields},
+            )  # fmt: skip
+            _write_report(tmp, metrics, title)
+    if metrics:
+        log.info(
+            "%s done: %d steps, loss %.4f -> %.4f, %.0f tokens/s", title, metrics["steps"],
+            metrics["first_loss"] or float("nan"), metrics["last_loss"] or float("nan"),
+            metrics["tokens_per_s"] or 0.0,
+        )  # fmt: skip
+    return metrics
+
+
+def add_common_cli(parser) -> None:
+    """Options both entry points take, with the launchers' ``--local_rank``."""
+    parser.add_argument("--checkpoint-dir", required=True, help="where checkpoints go (resumed)")
+    parser.add_argument("--max-steps", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, default=8, help="per device")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--warmup-ratio", type=float, default=0.05)
+    parser.add_argument("--save-steps", type=int, default=50)
+    parser.add_argument("--logging-steps", type=int, default=5)
+    parser.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--peak-flops", type=float, default=None, help="per device, for MFU")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--allow-pickle", action="store_true")
+    parser.add_argument("--log", default=None, help="log file (default: stderr)")
+    # deepspeed passes --local_rank=N; torchrun sets LOCAL_RANK, which HF reads.
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS
+    )
