@@ -92,7 +92,7 @@ def test_round_trip(setup):
     tokens = load_tokens(out, verify=True)
     m = json.loads((out / "manifest.json").read_text())
     assert tokens.ndim == 1 and tokens.dtype == np.uint16 and len(tokens) == m["total_tokens"]
-    assert int((tokens == m["eos_id"]).sum()) == len(texts)
+    assert int((np.asarray(tokens) == m["eos_id"]).sum()) == len(texts)
     assert tokens[-1] == m["eos_id"]
     docs = [d.tolist() for d in split_documents(tokens, m["eos_id"])]
     assert len(docs) == len(texts)
@@ -100,7 +100,7 @@ def test_round_trip(setup):
     single = tmp / "single"
     write_shards(str(tmp / "selected.parquet"), str(tok), str(single), tokens_per_shard=10**7)
     one = load_tokens(single)
-    assert isinstance(one, np.memmap) and np.array_equal(np.asarray(one), tokens)
+    assert isinstance(one, np.memmap) and np.array_equal(np.asarray(one), np.asarray(tokens))
 
 
 def test_load_tokens_validates(setup, tmp_path):
@@ -182,3 +182,17 @@ def test_save_pretrained_tokenizer_folder(setup, tmp_path):
     auto = AutoTokenizer.from_pretrained(tmp_path / "base")
     assert first.tolist() == auto(texts[0], add_special_tokens=False)["input_ids"]
     assert decode_documents(tmp_path / "out", limit=5) == texts[:5]
+
+
+def test_token_stream_slices_across_shard_boundaries():
+    from domainllm.corpus.shards import TokenStream
+
+    parts = [np.arange(0, 5, dtype=np.uint16), np.arange(5, 7, dtype=np.uint16),
+             np.arange(7, 12, dtype=np.uint16)]
+    stream = TokenStream(parts)
+    whole = np.arange(12, dtype=np.uint16)
+    assert len(stream) == 12
+    for a, b in [(0, 12), (3, 9), (5, 7), (4, 5), (6, 11), (11, 12), (8, 8)]:
+        assert np.array_equal(stream[a:b], whole[a:b]), (a, b)
+    assert stream[6] == 6 and stream[-1] == 11
+    assert np.array_equal(np.asarray(stream), whole)

@@ -208,11 +208,61 @@ def read_manifest(shard_dir: str | Path) -> dict:
     return manifest
 
 
-def load_tokens(shard_dir: str | Path, *, verify: bool = False) -> np.ndarray:
-    """All tokens of a shard folder as one 1-D array, in shard order.
+class TokenStream:
+    """Several memory-mapped shards seen as one 1-D token array, without copying.
 
-    A single shard is returned as a read-only ``np.memmap``; several are
-    concatenated into memory.
+    Supports ``len()``, integer indexing, contiguous slices (which may span shard
+    boundaries; only the slice is read into memory) and ``np.asarray``.
+    """
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+        self.offsets = np.cumsum([0] + [a.size for a in arrays])
+        self.dtype = arrays[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    ndim = 1
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return np.asarray(self)[key]
+            parts = []
+            first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+            for i in range(max(first, 0), len(self.arrays)):
+                lo, hi = self.offsets[i], self.offsets[i + 1]
+                if lo >= stop:
+                    break
+                parts.append(self.arrays[i][max(start, lo) - lo : min(stop, hi) - lo])
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+        index = int(key) + (len(self) if int(key) < 0 else 0)
+        if not 0 <= index < len(self):
+            raise IndexError(key)
+        i = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.arrays[i][index - self.offsets[i]]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate(self.arrays)
+        return out.astype(dtype) if dtype is not None else out
+
+
+def load_tokens(shard_dir: str | Path, *, verify: bool = False) -> np.ndarray | TokenStream:
+    """All tokens of a shard folder as one 1-D token sequence, in shard order.
+
+    A single shard is returned as a read-only ``np.memmap``; several as a
+    ``TokenStream`` over their memory maps, so corpora larger than memory can be
+    sampled by slicing.
 
     Args:
         shard_dir: the folder written by ``write_shards``.
@@ -249,7 +299,7 @@ def load_tokens(shard_dir: str | Path, *, verify: bool = False) -> np.ndarray:
             f"{shard_dir / MANIFEST}: total_tokens {manifest['total_tokens']}, "
             f"but the shards hold {total}"
         )
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return arrays[0] if len(arrays) == 1 else TokenStream(arrays)
 
 
 def split_documents(tokens: np.ndarray, eos_id: int) -> Iterator[np.ndarray]:
