@@ -1,0 +1,1 @@
+"""Evaluation: log-likelihood metrics, generation metrics, the feedback evaluator, version tables."""

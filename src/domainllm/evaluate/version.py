@@ -1,0 +1,227 @@
+"""Evaluate one model version, and gather all versions into one table.
+
+Per version (base, cpt, sft, sft-gptq) the same metrics, so the table shows what
+each stage bought:
+
+- jcqa_acc, jcqa_acc_norm: JCommonsenseQA log-likelihood multiple choice (general Japanese).
+- domain_bits_per_char, domain_perplexity: cross-entropy on held-out domain text.
+- chrf, chrf_sentence_mean: generated answers against the ELYZA references.
+- evaluator_score: mean P(good) of the answers by the feedback evaluator.
+- output_chars_mean, output_tokens_mean, empty_output_rate, repetition_rate: answer shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from domainllm.errors import DataError, PipelineError
+from domainllm.io import read_json, write_json, write_parquet, write_text
+
+log = logging.getLogger(__name__)
+
+GENERATION_COLUMNS = ("id", "prompt", "reference", "output", "output_tokens")
+
+# Which direction is better, for the Markdown table's arrows.
+HIGHER_IS_BETTER = {
+    "jcqa_acc": True,
+    "jcqa_acc_norm": True,
+    "domain_bits_per_char": False,
+    "domain_perplexity": False,
+    "chrf": True,
+    "chrf_sentence_mean": True,
+    "evaluator_score": True,
+    "empty_output_rate": False,
+    "repetition_rate": False,
+}
+
+
+def _read_parquet(path: str, columns: tuple[str, ...]):
+    import polars as pl
+
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - polars raises several types for a bad file
+        raise DataError(f"{path}: cannot read Parquet: {e}") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)} (have {', '.join(df.columns)})"
+        )
+    if df.height == 0:
+        raise DataError(f"{path}: no rows")
+    return df
+
+
+def evaluate_version(
+    version: str,
+    model: str,
+    generations: str,
+    domain_texts: str,
+    jcqa: str,
+    evaluator: str,
+    output: str,
+    *,
+    jcqa_max_items: int | None = 200,
+    ppl_seq_len: int = 128,
+    batch_size: int = 16,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Compute every metric of one model version; write R/eval/versions/<version>.json.
+
+    Args:
+        version: version name (base, cpt, sft, sft-gptq).
+        model: the version's model folder (a GPTQ folder loads too).
+        generations: R/generations/<version>.parquet.
+        domain_texts: held-out domain Parquet (column ``text``).
+        jcqa: JCommonsenseQA file.
+        evaluator: trained feedback evaluator folder.
+        output: JSON file to write: {"version", "model", "metrics", "info"}.
+        jcqa_max_items: first N JCommonsenseQA items.
+        ppl_seq_len: window length for domain bits per character.
+        batch_size: sequences per forward pass.
+        trust_remote_code: allow custom model code.
+
+    Returns:
+        The record written.
+    """
+    import torch
+
+    from domainllm.evaluate.feedback import format_dialogue, load_evaluator
+    from domainllm.evaluate.likelihood import domain_bits_per_char, load_jcqa, mcqa_accuracy
+    from domainllm.evaluate.metrics import generation_metrics
+    from domainllm.models.loading import load_causal_lm
+
+    t0 = time.perf_counter()
+    gens = _read_parquet(generations, GENERATION_COLUMNS)
+    domain = _read_parquet(domain_texts, ("text",))
+    items = load_jcqa(jcqa, jcqa_max_items)
+    judge = load_evaluator(evaluator)
+
+    outputs = [o or "" for o in gens["output"].to_list()]
+    metrics = generation_metrics(
+        outputs, gens["reference"].to_list(), gens["output_tokens"].to_list()
+    )
+    dialogues = [
+        format_dialogue(p, o) for p, o in zip(gens["prompt"].to_list(), outputs, strict=True)
+    ]
+    metrics["evaluator_score"] = float(judge.score(dialogues).mean())
+
+    lm, tokenizer = load_causal_lm(model, trust_remote_code=trust_remote_code)
+    if torch.cuda.is_available():
+        lm.to("cuda")
+    with torch.inference_mode():
+        mc = mcqa_accuracy(lm, tokenizer, items, batch_size=batch_size)
+        dom = domain_bits_per_char(
+            lm,
+            tokenizer,
+            [t for t in domain["text"].to_list() if t],
+            ppl_seq_len,
+            batch_size=batch_size,
+        )
+    metrics.update(
+        jcqa_acc=mc["acc"],
+        jcqa_acc_norm=mc["acc_norm"],
+        domain_bits_per_char=dom["bits_per_char"],
+        domain_perplexity=dom["perplexity"],
+    )
+    metrics = {k: float(v) for k, v in sorted(metrics.items())}
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise PipelineError(f"{model}: version '{version}' has non-finite metrics {bad}")
+    record = {
+        "version": version,
+        "model": str(model),
+        "metrics": metrics,
+        "info": {
+            "jcqa_items": mc["n"],
+            "domain_tokens": dom["tokens"],
+            "domain_chars": dom["chars"],
+            "generations": gens.height,
+            "evaluator": str(evaluator),
+            "seconds": time.perf_counter() - t0,
+        },
+    }
+    write_json(record, output)
+    log.info("version %s: %s", version, metrics)
+    return record
+
+
+def _markdown(df, metric_names: list[str]) -> str:
+    """A Markdown table with the best value of each metric in bold."""
+    header = ["version"] + [
+        f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" if m in HIGHER_IS_BETTER else m
+        for m in metric_names
+    ]
+    best = {}
+    for m in metric_names:
+        if m in HIGHER_IS_BETTER and df.height > 1:
+            values = df[m].to_list()
+            best[m] = max(values) if HIGHER_IS_BETTER[m] else min(values)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in df.iter_rows(named=True):
+        cells = [row["version"]]
+        for m in metric_names:
+            cell = f"{row[m]:.4g}"
+            cells.append(f"**{cell}**" if best.get(m) == row[m] else cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        "# Evaluation of model versions\n\n"
+        + "\n".join(lines)
+        + "\n\n↑ higher is better, ↓ lower is better; the best version of each is in bold.\n"
+    )
+
+
+def eval_table(inputs: list[str], table: str, table_md: str, metrics_json: str) -> dict:
+    """Gather version JSONs into one table: one row per version, one column per metric.
+
+    Args:
+        inputs: R/eval/versions/<version>.json files, in table order.
+        table: Parquet output (version, model, metric columns).
+        table_md: Markdown rendering.
+        metrics_json: {version: {metric: value}} (for ``dvc metrics diff``).
+
+    Returns:
+        The metrics dict written to ``metrics_json``.
+    """
+    import polars as pl
+
+    if not inputs:
+        raise PipelineError("config key 'evaluate.versions': no versions to tabulate")
+    records = []
+    for path in inputs:
+        rec = read_json(path)
+        if (
+            not isinstance(rec, dict)
+            or not isinstance(rec.get("metrics"), dict)
+            or "version" not in rec
+        ):
+            raise DataError(f"{path}: expected {{'version', 'model', 'metrics': {{...}}}}")
+        records.append((path, rec))
+    names = sorted({m for _, rec in records for m in rec["metrics"]})
+    versions = [rec["version"] for _, rec in records]
+    if len(set(versions)) != len(versions):
+        raise DataError(f"{', '.join(inputs)}: a version appears twice ({versions})")
+    rows = []
+    for path, rec in records:
+        missing = [m for m in names if m not in rec["metrics"]]
+        if missing:
+            raise DataError(
+                f"{path}: version '{rec['version']}' lacks metric(s) {', '.join(missing)}"
+            )
+        values = {m: rec["metrics"][m] for m in names}
+        bad = [
+            m for m, v in values.items() if not isinstance(v, int | float) or not math.isfinite(v)
+        ]
+        if bad:
+            raise DataError(f"{path}: metric(s) {', '.join(bad)} not finite numbers")
+        rows.append({"version": rec["version"], "model": rec.get("model", ""), **values})
+    schema = {"version": pl.String, "model": pl.String, **{m: pl.Float64 for m in names}}
+    df = pl.DataFrame(rows, schema=schema)
+    write_parquet(df, table)
+    write_text(_markdown(df, names), table_md)
+    metrics = {r["version"]: {m: float(r[m]) for m in names} for r in rows}
+    write_json(metrics, metrics_json)
+    log.info("evaluation table: %d versions x %d metrics", df.height, len(names))
+    return metrics

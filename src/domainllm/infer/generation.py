@@ -1,0 +1,122 @@
+"""Generate answers to the evaluation prompts with one model version.
+
+Reads R/data/eval_prompts.parquet (id, prompt, reference, eval_aspect) and writes
+R/generations/<version>.parquet (id, prompt, reference, output, prompt_tokens,
+output_tokens), in the prompts' order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from domainllm.errors import DataError
+from domainllm.infer.base import SamplingParams, get_backend
+
+log = logging.getLogger(__name__)
+
+PROMPT_COLUMNS = ("id", "prompt", "reference")
+OUTPUT_COLUMNS = ("id", "prompt", "reference", "output", "prompt_tokens", "output_tokens")
+
+
+def read_prompts(path: str):
+    """Read the evaluation prompts, checking the columns and that prompts are non-empty."""
+    import polars as pl
+
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - polars raises several types for a bad file
+        raise DataError(f"{path}: cannot read Parquet: {e}") from e
+    missing = [c for c in PROMPT_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)} (have {', '.join(df.columns)})"
+        )
+    if df.height == 0:
+        raise DataError(f"{path}: no prompts")
+    empty = df.with_row_index("row").filter(
+        pl.col("prompt").is_null() | (pl.col("prompt").str.strip_chars() == "")
+    )
+    if empty.height:
+        raise DataError(f"{path}: row {empty['row'][0]} (id {empty['id'][0]}) has an empty prompt")
+    return df
+
+
+def generate(
+    model: str,
+    prompts: str,
+    output: str,
+    *,
+    backend: str = "transformers",
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 1234,
+    chat: bool = True,
+    gpus: int = 1,
+    trust_remote_code: bool = False,
+    backend_options: dict | None = None,
+) -> dict:
+    """Answer every evaluation prompt with ``model``; write the generations Parquet.
+
+    Args:
+        model: model folder of the version.
+        prompts: eval_prompts.parquet.
+        output: generations Parquet to write (atomically).
+        backend: registered backend name ("transformers", "vllm").
+        max_new_tokens: tokens generated per prompt at most.
+        temperature: 0 is greedy.
+        top_p: nucleus mass when sampling.
+        batch_size: prompts per batch (transformers backend).
+        seed: seeds sampling.
+        chat: apply the chat template.
+        gpus: GPUs for one model (vLLM's tensor parallelism; the transformers backend uses one).
+        trust_remote_code: allow custom model code from the model folder.
+        backend_options: extra keyword arguments for the backend (e.g. tensor_parallel_size).
+
+    Returns:
+        Summary: prompts, tokens, seconds, tokens per second.
+    """
+    import polars as pl
+
+    from domainllm.io import write_parquet
+
+    df = read_prompts(prompts)
+    t0 = time.perf_counter()
+    options = {"tensor_parallel_size": max(1, int(gpus)), "trust_remote_code": trust_remote_code}
+    options.update(backend_options or {})
+    engine = get_backend(
+        backend, model=model, batch_size=batch_size, seed=seed, chat=chat, **options
+    )
+    load_s = time.perf_counter() - t0
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
+    t1 = time.perf_counter()
+    gens = engine.generate(df["prompt"].to_list(), params)
+    gen_s = time.perf_counter() - t1
+    engine.close()
+    out = pl.DataFrame(
+        {
+            "id": df["id"].cast(pl.String),
+            "prompt": df["prompt"],
+            "reference": df["reference"],
+            "output": [g.text for g in gens],
+            "prompt_tokens": pl.Series([g.prompt_tokens for g in gens], dtype=pl.Int64),
+            "output_tokens": pl.Series([g.output_tokens for g in gens], dtype=pl.Int64),
+        }
+    )
+    write_parquet(out, output)
+    summary = {
+        "model": model,
+        "backend": backend,
+        "prompts": out.height,
+        "output_tokens": int(out["output_tokens"].sum()),
+        "stopped_on_eos": sum(g.finish_reason == "stop" for g in gens),
+        "load_seconds": load_s,
+        "generate_seconds": gen_s,
+        "tokens_per_second": float(out["output_tokens"].sum()) / gen_s if gen_s > 0 else None,
+    }
+    log.info("generation summary: %s", summary)
+    return summary

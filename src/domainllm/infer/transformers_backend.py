@@ -1,0 +1,177 @@
+"""The ``transformers`` backend: batched ``model.generate`` with left padding, CPU or GPU.
+
+Prompts are sorted by length before batching (less padding) and results put back
+in the input order. Padding is on the left and the attention mask marks it, so a
+prompt's greedy output does not depend on the batch it lands in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from domainllm.infer.base import Backend, Generation, SamplingParams, register_backend
+
+log = logging.getLogger(__name__)
+
+
+@register_backend("transformers")
+class TransformersBackend(Backend):
+    """Generate with a transformers causal LM loaded from a save_pretrained folder.
+
+    Args:
+        model: the model folder (full precision or a compressed-tensors quantised one).
+        chat: wrap each prompt as a user turn with the tokenizer's chat template.
+        batch_size: prompts per ``generate`` call.
+        device: "cuda", "cpu", ...; None picks CUDA when available.
+        dtype: torch dtype name passed to the loader (None keeps the saved one).
+        trust_remote_code: allow custom model code from the folder.
+        allow_pickle: allow pickled .bin weights.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        chat: bool = True,
+        batch_size: int = 8,
+        device: str | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        **_: object,
+    ):
+        import torch
+
+        from domainllm.models.loading import load_causal_lm
+
+        self.path = str(model)
+        self.chat = chat
+        self.batch_size = max(1, int(batch_size))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tokenizer = load_causal_lm(
+            self.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, dtype=dtype
+        )
+        self.model.to(self.device)
+        self.model.eval()
+        tok = self.tokenizer
+        if tok.pad_token_id is None:
+            # Padding positions are masked out, so any id works; eos is always there.
+            tok.pad_token = tok.eos_token
+        self.eos_token_ids = self._eos_ids()
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+
+    def _eos_ids(self) -> list[int]:
+        ids = []
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for i in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+            if i is not None and i not in ids:
+                ids.append(int(i))
+        return ids
+
+    def format_prompt(self, prompt: str) -> str:
+        """The text the model sees for ``prompt`` (chat template applied when ``chat``)."""
+        if not self.chat:
+            return prompt
+        from domainllm.train.chat import format_prompt
+
+        return format_prompt(self.tokenizer, prompt)
+
+    def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
+        """Token ids of one prompt, cut from the left to leave room for the answer."""
+        # The chat template writes bos itself; a raw prompt gets the tokenizer's specials.
+        ids = self.tokenizer(self.format_prompt(prompt), add_special_tokens=not self.chat)[
+            "input_ids"
+        ]
+        if self.max_positions:
+            room = self.max_positions - max_new_tokens
+            if room < 1:
+                raise ValueError(
+                    f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+                    f"{self.max_positions} positions of {self.path}"
+                )
+            if len(ids) > room:
+                log.warning("prompt of %d tokens cut to its last %d", len(ids), room)
+                ids = ids[-room:]
+        return ids
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        import torch
+        from tqdm import tqdm
+        from transformers import GenerationConfig
+
+        torch.manual_seed(params.seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(params.seed)
+        encoded = [self.encode(p, params.max_new_tokens) for p in prompts]
+        # Longest first: an out-of-memory error shows on the first batch, not the last.
+        order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+        sampling = params.temperature > 0
+        gen_config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sampling,
+            temperature=params.temperature if sampling else None,
+            top_p=params.top_p if sampling else None,
+            top_k=None,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_scores=params.logprobs,
+        )
+        results: list[Generation | None] = [None] * len(prompts)
+        pad = self.tokenizer.pad_token_id
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for batch in tqdm(batches, desc="generate", unit="batch", disable=len(batches) < 2):
+            width = max(len(encoded[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention.to(self.device),
+                    generation_config=gen_config,
+                )
+            new = out.sequences[:, width:].cpu()
+            token_logprobs = None
+            if params.logprobs:
+                token_logprobs = self.model.compute_transition_scores(
+                    out.sequences, out.scores, normalize_logits=True
+                ).cpu()
+            for row, i in enumerate(batch):
+                results[i] = self._finish(new[row].tolist(), len(encoded[i]), token_logprobs, row)
+        return results  # type: ignore[return-value]
+
+    def _finish(self, ids: list[int], prompt_tokens: int, token_logprobs, row: int) -> Generation:
+        """Cut a generated row at its first eos (kept in the count) and decode it."""
+        end, reason = len(ids), "length"
+        for k, t in enumerate(ids):
+            if t in self.eos_token_ids:
+                end, reason = k + 1, "stop"
+                break
+        text_ids = ids[: end - 1] if reason == "stop" else ids[:end]
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        lps = None
+        if token_logprobs is not None:
+            lps = [float(x) for x in token_logprobs[row, :end]]
+        return Generation(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            output_tokens=end,
+            finish_reason=reason,
+            logprobs=lps,
+        )
+
+    def close(self) -> None:
+        import gc
+
+        import torch
+
+        del self.model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,1 @@
+"""Post-training quantisation (GPTQ with llm-compressor, compressed-tensors output)."""
