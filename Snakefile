@@ -29,6 +29,7 @@ rule all:
     input:
         EVAL_TABLE,
         SELECTION_TABLE,
+        CORPUS_SELECTED,
 
 
 rule corpus:

@@ -17,6 +17,8 @@ rule ingest_corpus:
         runtime=60,
     log:
         f"{L}/ingest_corpus.log",
+    conda:
+        "../envs/data.yaml"
     script:
         "../scripts/ingest_corpus.py"
 
@@ -39,6 +41,8 @@ rule clean_corpus:
         runtime=60,
     log:
         f"{L}/clean_corpus.log",
+    conda:
+        "../envs/data.yaml"
     script:
         "../scripts/clean_corpus.py"
 
@@ -59,6 +63,8 @@ rule prepare_domain:
         runtime=5,
     log:
         f"{L}/prepare_domain.log",
+    conda:
+        "../envs/data.yaml"
     script:
         "../scripts/prepare_domain.py"
 
@@ -87,6 +93,8 @@ rule select_domain:
         gpu=1 if config["corpus"]["select"]["backend"] == "sentence-transformers" else 0,
     log:
         f"{L}/select_domain.log",
+    conda:
+        "../envs/data.yaml"
     script:
         "../scripts/select_domain.py"
 
@@ -105,5 +113,7 @@ rule write_shards:
         runtime=60,
     log:
         f"{L}/write_shards/{{tokenizer}}.log",
+    conda:
+        "../envs/data.yaml"
     script:
         "../scripts/write_shards.py"

@@ -20,6 +20,8 @@ rule prepare_feedback:
         runtime=10,
     log:
         f"{L}/prepare_feedback.log",
+    conda:
+        "../envs/eval.yaml"
     script:
         "../scripts/prepare_feedback.py"
 
@@ -41,6 +43,8 @@ rule train_evaluator:
         runtime=20,
     log:
         f"{L}/train_evaluator.log",
+    conda:
+        "../envs/eval.yaml"
     script:
         "../scripts/train_evaluator.py"
 
@@ -68,6 +72,8 @@ rule evaluate_version:
         runtime=60,
     log:
         f"{L}/evaluate_version/{{version}}.log",
+    conda:
+        "../envs/eval.yaml"
     script:
         "../scripts/evaluate_version.py"
 
@@ -85,5 +91,7 @@ rule eval_table:
         runtime=5,
     log:
         f"{L}/eval_table.log",
+    conda:
+        "../envs/eval.yaml"
     script:
         "../scripts/eval_table.py"

@@ -24,5 +24,7 @@ rule generate:
         runtime=60,
     log:
         f"{L}/generate/{{version}}.log",
+    conda:
+        "../envs/serve.yaml"
     script:
         "../scripts/generate.py"

@@ -30,5 +30,7 @@ rule quantize_gptq:
         runtime=60,
     log:
         f"{L}/quantize_gptq.log",
+    conda:
+        "../envs/quantize.yaml"
     script:
         "../scripts/quantize_gptq.py"

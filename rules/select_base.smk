@@ -20,6 +20,8 @@ rule build_base:
         runtime=30,
     log:
         f"{L}/build_base/{{candidate}}.log",
+    conda:
+        "../envs/train.yaml"
     script:
         "../scripts/build_base.py"
 
@@ -42,6 +44,8 @@ rule score_base:
         runtime=30,
     log:
         f"{L}/score_base/{{candidate}}.log",
+    conda:
+        "../envs/train.yaml"
     script:
         "../scripts/score_base.py"
 
@@ -62,5 +66,7 @@ checkpoint select_base:
         runtime=5,
     log:
         f"{L}/select_base.log",
+    conda:
+        "../envs/train.yaml"
     script:
         "../scripts/select_base.py"

@@ -27,6 +27,8 @@ rule prepare_instructions:
         runtime=10,
     log:
         f"{L}/prepare_instructions.log",
+    conda:
+        "../envs/data.yaml"
     script:
         "../scripts/prepare_instructions.py"
 
@@ -46,6 +48,8 @@ rule filter_sft:
         runtime=10,
     log:
         f"{L}/filter_sft.log",
+    conda:
+        "../envs/eval.yaml"
     script:
         "../scripts/filter_sft.py"
 
@@ -80,6 +84,8 @@ rule train_cpt:
         runtime=240,
     log:
         f"{L}/train_cpt.log",
+    conda:
+        "../envs/train.yaml"
     script:
         "../scripts/train_cpt.py"
 
@@ -114,5 +120,7 @@ rule train_sft:
         runtime=120,
     log:
         f"{L}/train_sft.log",
+    conda:
+        "../envs/train.yaml"
     script:
         "../scripts/train_sft.py"

@@ -63,9 +63,10 @@ def test_quantised_model_is_4_bit(run):
 
 def test_selection_table_ranks_every_candidate(run):
     table = pl.read_parquet(run / "results/selection/table.parquet")
-    assert sorted(table["name"]) == ["tiny-en", "tiny-ja"]
+    assert sorted(table["candidate"]) == ["tiny-en", "tiny-ja"]
     chosen = json.loads((run / "results/selection/chosen.json").read_text())
-    assert chosen["name"] in table["name"].to_list()
+    assert chosen["name"] in table["candidate"].to_list()
+    assert table.filter(pl.col("chosen"))["candidate"].to_list() == [chosen["name"]]
 
 
 def test_generations_exist_for_every_version(run):
