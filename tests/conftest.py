@@ -49,7 +49,7 @@ def snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: int = 1
 
 
 def make_workdir(tmp: Path) -> Path:
-    """A working directory that sees the project's config and sample data, as a user's clone does."""
+    """A working directory that sees the project's config and sample data, like a clone."""
     for name in ("config", "data"):
         (tmp / name).symlink_to(REPO / name)
     return tmp

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+
 import yaml
 
 from domainllm.errors import ConfigError
@@ -41,7 +42,9 @@ def _extend_with_default(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH, *, source: str = "config") -> dict:
+def validate_config(
+    config: dict, schema_path: str | Path = SCHEMA_PATH, *, source: str = "config"
+) -> dict:
     """Validate ``config`` in place, filling defaults.
 
     Args:
@@ -62,7 +65,9 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH, *, sour
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(config).__name__}")
     validator = _extend_with_default(jsonschema.Draft202012Validator)(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path))
+    )
     if errors:
         lines = []
         for e in errors[:10]:
@@ -79,7 +84,9 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH, *, sour
     return config
 
 
-def load_config(path: str | Path, overrides: dict | None = None, schema_path: str | Path = SCHEMA_PATH) -> dict:
+def load_config(
+    path: str | Path, overrides: dict | None = None, schema_path: str | Path = SCHEMA_PATH
+) -> dict:
     """Read a YAML config file, apply nested ``overrides`` and validate it."""
     try:
         config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}

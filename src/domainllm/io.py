@@ -110,12 +110,16 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from e
                 if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                    raise DataError(
+                        f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                    )
                 yield lineno, obj
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{lineno + 1}: not valid UTF-8 ({e.reason})") from e
     except (EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: truncated or corrupt compressed file after line {lineno}: {e}") from e
+        raise DataError(
+            f"{path}: truncated or corrupt compressed file after line {lineno}: {e}"
+        ) from e
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -79,7 +79,7 @@ def test_generations_exist_for_every_version(run):
 def test_evaluation_table_has_a_finite_row_per_version(run):
     table = pl.read_parquet(run / "results/eval/table.parquet")
     assert table["version"].to_list() == ["base", "cpt", "sft", "sft-gptq"]
-    numeric = [c for c, t in zip(table.columns, table.dtypes) if t.is_numeric()]
+    numeric = [c for c, t in zip(table.columns, table.dtypes, strict=False) if t.is_numeric()]
     assert {"jcqa_acc", "domain_bits_per_char"} <= set(numeric)
     for col in numeric:
         assert all(math.isfinite(v) for v in table[col].to_list()), col

@@ -187,8 +187,11 @@ def test_save_pretrained_tokenizer_folder(setup, tmp_path):
 def test_token_stream_slices_across_shard_boundaries():
     from domainllm.corpus.shards import TokenStream
 
-    parts = [np.arange(0, 5, dtype=np.uint16), np.arange(5, 7, dtype=np.uint16),
-             np.arange(7, 12, dtype=np.uint16)]
+    parts = [
+        np.arange(0, 5, dtype=np.uint16),
+        np.arange(5, 7, dtype=np.uint16),
+        np.arange(7, 12, dtype=np.uint16),
+    ]
     stream = TokenStream(parts)
     whole = np.arange(12, dtype=np.uint16)
     assert len(stream) == 12

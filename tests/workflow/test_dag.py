@@ -28,8 +28,17 @@ def test_dry_run_plans_the_whole_chain(workdir, configfile):
     out = proc.stdout
     # Up to the base-selection checkpoint the plan is concrete; what follows it is
     # planned once the checkpoint has run.
-    for rule in ("ingest_corpus", "clean_corpus", "select_domain", "build_base", "score_base",
-                 "select_base", "prepare_instructions", "prepare_feedback", "train_evaluator"):
+    for rule in (
+        "ingest_corpus",
+        "clean_corpus",
+        "select_domain",
+        "build_base",
+        "score_base",
+        "select_base",
+        "prepare_instructions",
+        "prepare_feedback",
+        "train_evaluator",
+    ):
         assert re.search(rf"\b{rule}\b", out), f"{rule} missing from the dry run:\n{out}"
 
 
@@ -39,7 +48,8 @@ def _dvc_stages():
 
 def _resolve(path: str, config: dict) -> str:
     return path.replace("${paths.results}", config["paths"]["results"]).replace(
-        "${model_name}", config["model_name"])
+        "${model_name}", config["model_name"]
+    )
 
 
 def test_every_dvc_stage_runs_a_snakemake_target():

@@ -1,1 +1,1 @@
-"""Evaluation: log-likelihood metrics, generation metrics, the feedback evaluator, version tables."""
+"""Evaluation: likelihood and generation metrics, the feedback evaluator, version tables."""
