@@ -15,7 +15,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-fast lint dry-run lock clean
+.PHONY: setup run test test-fast lint dry-run lock clean slurm-profile
 
 setup: $(STAMP)
 
@@ -46,6 +46,28 @@ dry-run: setup
 lock: setup
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements/constraints.txt.new
 	mv requirements/constraints.txt.new requirements/constraints.txt
+
+# One-time step on a cluster's login node so that the bare `snakemake --profile slurm`
+# works from the repository root: installs profiles/slurm as the user's "slurm"
+# profile (~/.config/snakemake/slurm), filling the placeholders, e.g.
+#   make slurm-profile ACCOUNT=myproj CPU_PARTITION=cpu GPU_PARTITION=gpu
+# An existing profile is never overwritten (remove it to reinstall).
+SNAKEMAKE_PROFILES ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
+ACCOUNT ?= <ACCOUNT>
+CPU_PARTITION ?= <CPU_PARTITION>
+GPU_PARTITION ?= <GPU_PARTITION>
+slurm-profile:
+	@if [ -e "$(SNAKEMAKE_PROFILES)/slurm/config.yaml" ]; then \
+		echo "$(SNAKEMAKE_PROFILES)/slurm/config.yaml exists; not overwritten"; \
+	else \
+		mkdir -p "$(SNAKEMAKE_PROFILES)/slurm" && \
+		sed -e 's|<ACCOUNT>|$(ACCOUNT)|g' -e 's|<CPU_PARTITION>|$(CPU_PARTITION)|g' \
+			-e 's|<GPU_PARTITION>|$(GPU_PARTITION)|g' profiles/slurm/config.yaml \
+			> "$(SNAKEMAKE_PROFILES)/slurm/config.yaml" && \
+		echo "installed $(SNAKEMAKE_PROFILES)/slurm/config.yaml"; \
+	fi
+	@grep -n '<[A-Z_]*>' "$(SNAKEMAKE_PROFILES)/slurm/config.yaml" \
+		&& echo "fill in the placeholders above" || true
 
 clean:
 	rm -rf results logs .snakemake
