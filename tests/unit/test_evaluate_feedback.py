@@ -126,15 +126,10 @@ def test_evaluator_learns_a_clear_preference(tmp_path):
             bad = ctx + "\n\nAssistant: " + (ans[:cut] + " ") * int(rng.integers(5, 15))
             rows += [(pid, good, 1), (pid, bad, 0)]
     df = pl.DataFrame(rows, schema=["pair_id", "text", "label"], orient="row")
-    df.filter(pl.col("pair_id") < 600).write_parquet(tmp_path / "tr.parquet")
-    df.filter(pl.col("pair_id") >= 600).write_parquet(tmp_path / "te.parquet")
-    m = train_evaluator(
-        str(tmp_path / "tr.parquet"),
-        str(tmp_path / "te.parquet"),
-        str(tmp_path / "ev"),
-        num_boost_round=50,
-        seed=1,
-    )
+    tr, te = tmp_path / "tr.parquet", tmp_path / "te.parquet"
+    df.filter(pl.col("pair_id") < 600).write_parquet(tr)
+    df.filter(pl.col("pair_id") >= 600).write_parquet(te)
+    m = train_evaluator(str(tr), str(te), str(tmp_path / "ev"), num_boost_round=50, seed=1)
     assert m["test"]["auc"] > 0.95 and m["test"]["paired_accuracy"] > 0.95
 
 

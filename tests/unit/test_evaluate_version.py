@@ -13,9 +13,8 @@ from domainllm.errors import DataError
 from domainllm.evaluate.feedback import train_evaluator
 from domainllm.evaluate.version import eval_table, evaluate_version
 from domainllm.infer import generate
-from tests.unit._tiny_lm import SAMPLES, build_model, elyza_items, sample_texts
+from tests.unit._tiny_lm import JCQA, SAMPLES, build_model, sample_texts, write_eval_prompts
 
-JCQA = str(SAMPLES / "jglue" / "jcommonsenseqa-v1.3_valid-v1.3.json")
 METRICS = {
     "jcqa_acc",
     "jcqa_acc_norm",
@@ -41,16 +40,8 @@ def setup(tmp_path_factory):
     # Two versions: random weights, and the same architecture briefly trained on domain text.
     base = build_model(root / "base", hidden=64, intermediate=128, seed=1)
     cpt = build_model(root / "cpt", hidden=64, intermediate=128, seed=1, train_steps=40)
-    items = elyza_items(6)
     prompts = root / "eval_prompts.parquet"
-    pl.DataFrame(
-        {
-            "id": [f"elyza/{i}" for i in range(6)],
-            "prompt": [x["input"] for x in items],
-            "reference": [x["output"] for x in items],
-            "eval_aspect": [x["eval_aspect"] for x in items],
-        }
-    ).write_parquet(prompts)
+    write_eval_prompts(prompts, 6)
     heldout = root / "domain_heldout.parquet"
     texts = sample_texts(70)[60:70]  # documents the trained version never saw
     pl.DataFrame(
@@ -76,7 +67,7 @@ def setup(tmp_path_factory):
             str(model),
             str(gens),
             str(heldout),
-            JCQA,
+            str(JCQA),
             str(root / "ev"),
             str(outs[name]),
             jcqa_max_items=20,
@@ -153,7 +144,7 @@ def test_evaluate_version_rejects_bad_generations(setup, tmp_path):
             str(root / "cpt"),
             str(bad),
             str(root / "domain_heldout.parquet"),
-            JCQA,
+            str(JCQA),
             str(root / "ev"),
             str(out),
         )

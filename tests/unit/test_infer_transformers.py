@@ -17,7 +17,7 @@ from domainllm.infer import (
     get_backend,
     register_backend,
 )
-from tests.unit._tiny_lm import build_model, elyza_items
+from tests.unit._tiny_lm import build_model, elyza_items, write_eval_prompts
 
 
 @pytest.fixture(scope="module")
@@ -169,16 +169,8 @@ def test_sampling_params_validated():
 
 
 def test_generate_writes_contract_parquet(model_dir, tmp_path):
-    items = elyza_items(5)
     prompts = tmp_path / "eval_prompts.parquet"
-    pl.DataFrame(
-        {
-            "id": [f"elyza/{i}" for i in range(5)],
-            "prompt": [x["input"] for x in items],
-            "reference": [x["output"] for x in items],
-            "eval_aspect": [x["eval_aspect"] for x in items],
-        }
-    ).write_parquet(prompts)
+    items = write_eval_prompts(prompts, 5)
     out = tmp_path / "generations" / "sft.parquet"
     summary = generate(
         str(model_dir), str(prompts), str(out), max_new_tokens=8, batch_size=2, seed=1

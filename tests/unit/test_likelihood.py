@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 
@@ -19,19 +18,8 @@ from domainllm.evaluate.likelihood import (
     load_jcqa,
     mcqa_accuracy,
 )
-
-SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
-JCQA = SAMPLES / "jglue" / "jcommonsenseqa-v1.3_valid-v1.3.json"
-
-
-def chabsa_docs(n: int) -> list[str]:
-    out = []
-    with open(SAMPLES / "chabsa" / "chabsa_all.jsonl", encoding="utf-8") as f:
-        for line in f:
-            out.append("\n".join(s["sentence"] for s in json.loads(line)["sentences"]))
-            if len(out) >= n:
-                break
-    return out
+from tests.unit import _tiny_lm
+from tests.unit._tiny_lm import JCQA, sample_texts
 
 
 @pytest.fixture(scope="module")
@@ -39,28 +27,14 @@ def tokenizer():
     from domainllm.models.build import train_tokenizer
 
     items = load_jcqa(JCQA, 200)
-    texts = chabsa_docs(20) + [i["question"] + "".join(i["choices"]) for i in items]
+    texts = sample_texts(20) + [i["question"] + "".join(i["choices"]) for i in items]
     return train_tokenizer(texts, 800)
 
 
 def tiny_llama(tokenizer, seed: int = 0, uniform: bool = False):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model = _tiny_lm.tiny_llama(tokenizer, seed=seed, tie_word_embeddings=False).eval()
     if uniform:
         # Zero output weights: every next-token distribution is uniform over the vocabulary.
         with torch.no_grad():
@@ -150,7 +124,7 @@ def test_acc_norm_divides_by_utf8_bytes(monkeypatch):
 
 def test_bits_per_char_of_a_uniform_model_is_log2_vocab_per_token(tokenizer):
     model = tiny_llama(tokenizer, uniform=True)
-    texts = chabsa_docs(3)
+    texts = sample_texts(3)
     n_tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     chars = sum(len(t) for t in texts)
     out = domain_bits_per_char(model, tokenizer, texts, seq_len=16)
@@ -166,7 +140,7 @@ def test_bits_per_char_is_lower_on_trained_text(tokenizer):
 
     torch.set_num_threads(1)
     model = tiny_llama(tokenizer, seed=1).train()
-    texts = chabsa_docs(3)
+    texts = sample_texts(3)
     ids = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
     stream = torch.tensor([i for doc in ids for i in doc])
     windows = stream[: len(stream) // 64 * 64].view(-1, 64)
@@ -194,7 +168,7 @@ def test_cuda_matches_cpu(tokenizer):
         pytest.skip("needs CUDA")
     model = tiny_llama(tokenizer, seed=5)
     items = load_jcqa(JCQA, 20)
-    texts = chabsa_docs(2)
+    texts = sample_texts(2)
     cpu = (
         mcqa_accuracy(model, tokenizer, items),
         domain_bits_per_char(model, tokenizer, texts, 64),

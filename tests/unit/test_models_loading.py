@@ -2,49 +2,21 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from domainllm.errors import DataError
 from domainllm.models.loading import load_causal_lm, weight_format
-
-SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
-
-
-def chabsa_sentences(n: int = 200) -> list[str]:
-    out = []
-    with open(SAMPLES / "chabsa" / "chabsa_all.jsonl", encoding="utf-8") as f:
-        for line in f:
-            out.extend(s["sentence"] for s in json.loads(line)["sentences"])
-            if len(out) >= n:
-                break
-    return out[:n]
+from tests.unit._tiny_lm import chabsa_documents, tiny_llama
 
 
 @pytest.fixture(scope="module")
 def parts():
     """A tiny model and tokenizer (not saved)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from domainllm.models.build import train_tokenizer
 
-    tok = train_tokenizer(chabsa_sentences(), 400)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=32,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-    )
-    return LlamaForCausalLM(cfg), tok
+    sentences = [s["sentence"] for doc in chabsa_documents() for s in doc["sentences"]]
+    tok = train_tokenizer(sentences[:200], 400)
+    return tiny_llama(tok, hidden=16, layers=1, intermediate=32), tok
 
 
 def test_loads_a_safetensors_folder_in_eval_mode(parts, tmp_path):

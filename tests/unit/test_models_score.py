@@ -10,53 +10,41 @@ import pytest
 
 from domainllm.errors import DataError
 from domainllm.models.score import score_base, tokenizer_efficiency
-
-SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
-JCQA = SAMPLES / "jglue" / "jcommonsenseqa-v1.3_valid-v1.3.json"
+from tests.unit._tiny_lm import JCQA, chabsa_documents, save_folder, tiny_llama
 
 
 def chabsa_reports(n: int) -> pl.DataFrame:
-    rows = []
-    with open(SAMPLES / "chabsa" / "chabsa_all.jsonl", encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)
-            rows.append(
-                {
-                    "id": doc["header"]["document_id"],
-                    "title": doc["header"]["document_name"],
-                    "text": "\n".join(s["sentence"] for s in doc["sentences"]),
-                }
-            )
-            if len(rows) >= n:
-                break
-    return pl.DataFrame(rows)
+    return pl.DataFrame(
+        [
+            {
+                "id": doc["header"]["document_id"],
+                "title": doc["header"]["document_name"],
+                "text": "\n".join(s["sentence"] for s in doc["sentences"]),
+            }
+            for doc in chabsa_documents(n)
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def candidate(tmp_path_factory) -> Path:
     """A tiny random-weight Llama candidate folder named 'tiny-x'."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from domainllm.models.build import train_tokenizer
 
     tok = train_tokenizer(chabsa_reports(30)["text"].to_list(), 600)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
+    model = tiny_llama(tok, layers=1)
+    return save_folder(tmp_path_factory.mktemp("base") / "tiny-x", model, tok)
+
+
+def score(candidate: Path, domain: Path, out: Path, *, jcqa_max_items: int, ppl_seq_len: int):
+    return score_base(
+        str(candidate),
+        str(out),
+        domain_texts=str(domain),
+        jcqa=str(JCQA),
+        jcqa_max_items=jcqa_max_items,
+        ppl_seq_len=ppl_seq_len,
     )
-    out = tmp_path_factory.mktemp("base") / "tiny-x"
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def test_score_base_writes_all_metrics(candidate, tmp_path):
@@ -67,14 +55,7 @@ def test_score_base_writes_all_metrics(candidate, tmp_path):
     reports = chabsa_reports(33)[30:]  # held out from the tokenizer's texts
     reports.write_parquet(domain)
     out = tmp_path / "scores" / "tiny-x.json"
-    score_base(
-        str(candidate),
-        str(out),
-        domain_texts=str(domain),
-        jcqa=str(JCQA),
-        jcqa_max_items=12,
-        ppl_seq_len=64,
-    )
+    score(candidate, domain, out, jcqa_max_items=12, ppl_seq_len=64)
     s = json.loads(out.read_text())
     assert s["candidate"] == "tiny-x" and s["model_dir"] == str(candidate)
     assert s["vocab_size"] == 600 and s["parameters"] > 0
@@ -108,12 +89,5 @@ def test_score_base_needs_a_text_column(candidate, tmp_path):
     pl.DataFrame({"id": ["a"], "body": ["x"]}).write_parquet(bad)
     out = tmp_path / "s.json"
     with pytest.raises(DataError, match="heldout.parquet.*'text'"):
-        score_base(
-            str(candidate),
-            str(out),
-            domain_texts=str(bad),
-            jcqa=str(JCQA),
-            jcqa_max_items=5,
-            ppl_seq_len=32,
-        )
+        score(candidate, bad, out, jcqa_max_items=5, ppl_seq_len=32)
     assert not out.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,134 +12,39 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from domainllm.errors import DataError  # noqa: E402
-
-SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
-
-
-def chabsa_texts(limit: int = 120) -> list[str]:
-    texts = []
-    with open(SAMPLES / "chabsa" / "chabsa_all.jsonl", encoding="utf-8") as f:
-        for line in f:
-            texts.append("\n".join(s["sentence"] for s in json.loads(line)["sentences"]))
-            if len(texts) >= limit:
-                break
-    return texts
+from tests.unit._tiny_lm import (  # noqa: E402
+    ROOT,
+    build_model,
+    quick_train,
+    sample_texts,
+    write_shards,
+)
 
 
-def build_base(path: Path, texts: list[str], vocab_size: int = 400) -> Path:
+def build_base(path: Path, texts: list[str]) -> Path:
     """A byte-level BPE tokenizer trained on ``texts`` and a tiny random Llama (hidden 32)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from domainllm.train.chat import CHAT_TEMPLATE
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=256,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def write_shards(out: Path, tokenizer_dir: Path, texts: list[str], per_shard: int = 15000) -> Path:
-    """Shards + manifest.json exactly per the corpus stage's contract."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids: list[int] = []
-    for t in texts:
-        ids += tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    arr = np.asarray(ids, dtype="<u2")
-    out.mkdir(parents=True)
-    shards = []
-    for i, start in enumerate(range(0, len(arr), per_shard)):
-        name = f"shard_{i:05d}.bin"
-        arr[start : start + per_shard].tofile(out / name)
-        shards.append(
-            {
-                "file": name,
-                "tokens": int(len(arr[start : start + per_shard])),
-                "docs": 0,
-                "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(),
-            }
-        )
-    (out / "manifest.json").write_text(
-        json.dumps(
-            {
-                "tokenizer": str(tokenizer_dir),
-                "dtype": "uint16",
-                "vocab_size": len(tok),
-                "eos_id": tok.eos_token_id,
-                "total_tokens": int(len(arr)),
-                "total_docs": len(texts),
-                "shards": shards,
-                "sources": {"chabsa": {"docs": len(texts), "tokens": int(len(arr))}},
-            }
-        )
-    )
-    return out
+    return build_model(
+        path, texts=texts, vocab_size=400, hidden=32, heads=2, intermediate=64,
+        max_position_embeddings=256,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cpt")
-    texts = chabsa_texts()
+    texts = sample_texts(120)
     base = build_base(root / "base", texts)
-    shards = write_shards(root / "shards", base, texts)
+    shards = write_shards(base, root / "shards", texts, tokens_per_shard=15000)
     return root, base, shards
 
 
-def run(world, name, **kw):
+def run(world, name, shards=None, **kw):
     from domainllm.train.cpt import train_cpt
 
-    root, base, shards = world
-    args = dict(
-        checkpoint_dir=str(root / f"{name}-ckpt"),
-        max_steps=20,
-        batch_size=4,
-        seq_len=64,
-        learning_rate=1e-2,
-        warmup_ratio=0.1,
-        save_steps=10,
-        seed=7,
-        logging_steps=2,
-    )
-    args.update(kw)
-    out = root / name
-    return train_cpt(str(base), str(shards), str(out), **args), out, Path(args["checkpoint_dir"])
+    root, base, world_shards = world
+    kw = {"seq_len": 64, "warmup_ratio": 0.1, "seed": 7, **kw}
+    return quick_train(train_cpt, root, name, base, shards or world_shards, **kw)
 
 
 def test_cpt_learns_and_writes_a_loadable_folder(world):
@@ -255,25 +159,11 @@ def test_shards_of_another_tokenizer_or_too_short_are_refused(world, tmp_path):
     for s in manifest["shards"]:
         (bad / s["file"]).write_bytes((shards / s["file"]).read_bytes())
     (bad / "manifest.json").write_text(json.dumps({**manifest, "eos_id": 0}))
-    from domainllm.train.cpt import train_cpt
-
-    kw = dict(
-        checkpoint_dir=str(tmp_path / "ck"),
-        max_steps=1,
-        batch_size=1,
-        seq_len=32,
-        learning_rate=1e-3,
-        save_steps=1,
-        seed=0,
-    )
     with pytest.raises(DataError, match="manifest.json: eos_id 0"):
-        train_cpt(str(base), str(bad), str(tmp_path / "o"), **kw)
+        run(world, "refused", shards=bad, max_steps=1, batch_size=1, seq_len=32)
     with pytest.raises(DataError, match="fewer than one window"):
-        train_cpt(str(base), str(shards), str(tmp_path / "o"), **{**kw, "seq_len": 10**7})
-    assert not (tmp_path / "o").exists()
-
-
-REPO = Path(__file__).resolve().parents[2]
+        run(world, "refused", max_steps=1, batch_size=1, seq_len=10**7)
+    assert not (root / "refused").exists()
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -282,7 +172,7 @@ def test_deepspeed_configs_leave_no_auto_unfilled(stage, tmp_path):
 
     from domainllm.train.common import training_arguments
 
-    path = REPO / "config" / "deepspeed" / f"zero{stage}.json"
+    path = ROOT / "config" / "deepspeed" / f"zero{stage}.json"
     args = training_arguments(
         checkpoint_dir=str(tmp_path), max_steps=10, batch_size=4, gradient_accumulation_steps=2,
         learning_rate=1e-3, warmup_ratio=0.1, save_steps=5, save_total_limit=2, logging_steps=1,
@@ -321,10 +211,10 @@ def test_deepspeed_cpt_on_gpu_through_the_launcher(world, stage):
             "--checkpoint-dir", str(ckpt), "--max-steps", str(steps), "--batch-size", "4",
             "--seq-len", "64", "--save-steps", "5", "--logging-steps", "1",
             "--learning-rate", "1e-2", "--bf16",
-            "--deepspeed", str(REPO / "config" / "deepspeed" / f"zero{stage}.json"),
+            "--deepspeed", str(ROOT / "config" / "deepspeed" / f"zero{stage}.json"),
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "PYTHONPATH": str(REPO / "src")})  # fmt: skip
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-4000:]
         return json.loads((out / "train_metrics.json").read_text())
 

@@ -11,25 +11,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from domainllm.data.instructions import prepare_instructions
 from domainllm.errors import DataError
 from domainllm.train.filter import evaluator_text, filter_sft
-
-SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
+from tests.unit._tiny_lm import SAMPLES, prepare_sample_instructions
 
 
 @pytest.fixture(scope="module")
 def candidates(tmp_path_factory) -> Path:
     """Real candidates plus an empty and a duplicated example."""
     d = tmp_path_factory.mktemp("cand")
-    prepare_instructions(
-        str(SAMPLES / "elyza_tasks_100" / "elyza_tasks_100.jsonl"),
-        str(SAMPLES / "self_instruct_en" / "seed_tasks.jsonl"),
-        str(d / "c.parquet"),
-        str(d / "e.parquet"),
-        elyza_eval=30,
-        seed=1,
-    )
+    prepare_sample_instructions(d / "c.parquet", d / "e.parquet", seed=1)
     df = pl.read_parquet(d / "c.parquet")
     extra = pl.DataFrame(
         {

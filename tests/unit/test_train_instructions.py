@@ -8,23 +8,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from domainllm.data.instructions import prepare_instructions
 from domainllm.errors import DataError
-
-SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
-ELYZA = SAMPLES / "elyza_tasks_100" / "elyza_tasks_100.jsonl"
-SELF_INSTRUCT = SAMPLES / "self_instruct_en" / "seed_tasks.jsonl"
+from tests.unit._tiny_lm import ELYZA, SELF_INSTRUCT, prepare_sample_instructions
 
 
 def run(tmp_path: Path, *, elyza=ELYZA, self_instruct=SELF_INSTRUCT, n_eval=30, seed=1234):
     cand, ev = tmp_path / "cand.parquet", tmp_path / "eval.parquet"
-    counts = prepare_instructions(
-        str(elyza),
-        str(self_instruct) if self_instruct else None,
-        str(cand),
-        str(ev),
-        elyza_eval=n_eval,
-        seed=seed,
+    counts = prepare_sample_instructions(
+        cand, ev, seed=seed, elyza_eval=n_eval, elyza=elyza, self_instruct=self_instruct
     )
     return counts, pl.read_parquet(cand), pl.read_parquet(ev)
 

@@ -12,68 +12,25 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from domainllm.data.instructions import prepare_instructions  # noqa: E402
 from domainllm.errors import DataError  # noqa: E402
 from domainllm.train.chat import CHAT_TEMPLATE, format_prompt  # noqa: E402
 from domainllm.train.sft import IGNORE_INDEX, AnswerOnlyCollator, build_example  # noqa: E402
-
-SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
-
-
-def sample_texts() -> list[str]:
-    texts = []
-    with open(SAMPLES / "chabsa" / "chabsa_all.jsonl", encoding="utf-8") as f:
-        for line, _ in zip(f, range(60), strict=False):
-            texts.append("\n".join(s["sentence"] for s in json.loads(line)["sentences"]))
-    with open(SAMPLES / "elyza_tasks_100" / "elyza_tasks_100.jsonl", encoding="utf-8") as f:
-        texts += [json.loads(line)["output"] for line in f]
-    return texts
+from tests.unit._tiny_lm import (  # noqa: E402
+    build_model,
+    elyza_items,
+    prepare_sample_instructions,
+    quick_train,
+    sample_texts,
+)
 
 
 def build_base(path: Path, *, chat_template: bool = True) -> Path:
     """A byte-level BPE tokenizer trained on real text and a tiny random Llama (hidden 32)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        sample_texts(),
-        trainers.BpeTrainer(
-            vocab_size=500,
-            special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-    if chat_template:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=256,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    texts = sample_texts(60) + [x["output"] for x in elyza_items(None)]
+    return build_model(
+        path, texts=texts, vocab_size=500, chat_template=chat_template, hidden=32, heads=2,
+        intermediate=64, max_position_embeddings=256,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +38,7 @@ def world(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("sft")
     base = build_base(root / "base")
-    prepare_instructions(
-        str(SAMPLES / "elyza_tasks_100" / "elyza_tasks_100.jsonl"),
-        str(SAMPLES / "self_instruct_en" / "seed_tasks.jsonl"),
-        str(root / "sft.parquet"),
-        str(root / "eval.parquet"),
-        elyza_eval=30,
-        seed=3,
-    )
+    prepare_sample_instructions(root / "sft.parquet", root / "eval.parquet", seed=3)
     return root, base, root / "sft.parquet"
 
 
@@ -133,23 +83,15 @@ def test_truncation_keeps_the_prompt_header_and_drops_eos(tokenizer):
     assert not short["truncated"] and short["labels"][-1] == tokenizer.eos_token_id
 
 
-def run(world, name, **kw):
+def run(world, name, base=None, data=None, **kw):
     from domainllm.train.sft import train_sft
 
-    root, base, data = world
-    args = dict(
-        checkpoint_dir=str(root / f"{name}-ckpt"),
-        max_steps=20,
-        batch_size=4,
-        max_len=96,
-        learning_rate=1e-2,
-        save_steps=10,
-        seed=5,
-        logging_steps=2,
+    root, world_base, world_data = world
+    kw = {"max_len": 96, "seed": 5, **kw}
+    metrics, out, _ = quick_train(
+        train_sft, root, name, base or world_base, data or world_data, **kw
     )
-    args.update(kw)
-    base = args.pop("base", base)
-    return train_sft(str(base), str(data), str(root / name), **args), root / name
+    return metrics, out
 
 
 def test_sft_learns_and_saves_a_chat_model(world):
@@ -194,21 +136,8 @@ def test_chat_template_is_set_when_the_base_has_none(world, tmp_path):
 
 
 def test_bad_sft_data_is_refused(world, tmp_path):
-    from domainllm.train.sft import train_sft
-
     bad = tmp_path / "bad.parquet"
     pl.DataFrame({"id": ["a"], "prompt": ["q"]}).write_parquet(bad)
     with pytest.raises(DataError, match="bad.parquet: missing column"):
-        train_sft(
-            str(world[1]),
-            str(bad),
-            str(tmp_path / "o"),
-            checkpoint_dir=str(tmp_path / "c"),
-            max_steps=1,
-            batch_size=1,
-            max_len=32,
-            learning_rate=1e-3,
-            save_steps=1,
-            seed=0,
-        )
-    assert not (tmp_path / "o").exists()
+        run(world, "refused", data=bad, max_steps=1, batch_size=1, max_len=32)
+    assert not (world[0] / "refused").exists()

@@ -24,7 +24,7 @@ def test_bare_slurm_profile_name_resolves_after_the_one_time_step(tmp_path):
     assert out.returncode == 0, out.stderr
     installed = tmp_path / "cfg/snakemake/slurm/config.yaml"
     text = installed.read_text()
-    assert "<ACCOUNT>" not in text and "slurm_account: \"proj1\"" in text
+    assert "<ACCOUNT>" not in text and 'slurm_account: "proj1"' in text
 
     # A second call keeps the user's edits.
     installed.write_text(text + "\n# edited by the user\n")

@@ -37,23 +37,6 @@ HIGHER_IS_BETTER = {
 }
 
 
-def _read_parquet(path: str, columns: tuple[str, ...]):
-    import polars as pl
-
-    try:
-        df = pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - polars raises several types for a bad file
-        raise DataError(f"{path}: cannot read Parquet: {e}") from e
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)} (have {', '.join(df.columns)})"
-        )
-    if df.height == 0:
-        raise DataError(f"{path}: no rows")
-    return df
-
-
 def evaluate_version(
     version: str,
     model: str,
@@ -91,11 +74,12 @@ def evaluate_version(
     from domainllm.evaluate.feedback import format_dialogue, load_evaluator
     from domainllm.evaluate.likelihood import domain_bits_per_char, load_jcqa, mcqa_accuracy
     from domainllm.evaluate.metrics import generation_metrics
-    from domainllm.models.loading import load_causal_lm
+    from domainllm.infer.generation import read_table
+    from domainllm.models.loading import load_for_inference
 
     t0 = time.perf_counter()
-    gens = _read_parquet(generations, GENERATION_COLUMNS)
-    domain = _read_parquet(domain_texts, ("text",))
+    gens = read_table(generations, GENERATION_COLUMNS)
+    domain = read_table(domain_texts, ("text",))
     items = load_jcqa(jcqa, jcqa_max_items)
     judge = load_evaluator(evaluator)
 
@@ -108,9 +92,7 @@ def evaluate_version(
     ]
     metrics["evaluator_score"] = float(judge.score(dialogues).mean())
 
-    lm, tokenizer = load_causal_lm(model, trust_remote_code=trust_remote_code)
-    if torch.cuda.is_available():
-        lm.to("cuda")
+    lm, tokenizer = load_for_inference(model, trust_remote_code=trust_remote_code)
     with torch.inference_mode():
         mc = mcqa_accuracy(lm, tokenizer, items, batch_size=batch_size)
         dom = domain_bits_per_char(

@@ -19,21 +19,34 @@ PROMPT_COLUMNS = ("id", "prompt", "reference")
 OUTPUT_COLUMNS = ("id", "prompt", "reference", "output", "prompt_tokens", "output_tokens")
 
 
-def read_prompts(path: str):
-    """Read the evaluation prompts, checking the columns and that prompts are non-empty."""
+def read_table(path: str, columns: tuple[str, ...], *, rows: str = "rows"):
+    """Read a Parquet table that must have ``columns`` and at least one row.
+
+    Raises:
+        DataError: naming ``path``, when it cannot be read, lacks a column or has no
+            ``rows`` (the word used in the message).
+    """
     import polars as pl
 
     try:
         df = pl.read_parquet(path)
     except Exception as e:  # noqa: BLE001 - polars raises several types for a bad file
         raise DataError(f"{path}: cannot read Parquet: {e}") from e
-    missing = [c for c in PROMPT_COLUMNS if c not in df.columns]
+    missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)} (have {', '.join(df.columns)})"
         )
     if df.height == 0:
-        raise DataError(f"{path}: no prompts")
+        raise DataError(f"{path}: no {rows}")
+    return df
+
+
+def read_prompts(path: str):
+    """Read the evaluation prompts, checking the columns and that prompts are non-empty."""
+    import polars as pl
+
+    df = read_table(path, PROMPT_COLUMNS, rows="prompts")
     empty = df.with_row_index("row").filter(
         pl.col("prompt").is_null() | (pl.col("prompt").str.strip_chars() == "")
     )

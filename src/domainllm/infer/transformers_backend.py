@@ -40,19 +40,19 @@ class TransformersBackend(Backend):
         allow_pickle: bool = False,
         **_: object,
     ):
-        import torch
-
-        from domainllm.models.loading import load_causal_lm
+        from domainllm.models.loading import default_device, load_for_inference
 
         self.path = str(model)
         self.chat = chat
         self.batch_size = max(1, int(batch_size))
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.tokenizer = load_causal_lm(
-            self.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, dtype=dtype
+        self.device = device or default_device()
+        self.model, self.tokenizer = load_for_inference(
+            self.path,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+            dtype=dtype,
+            device=self.device,
         )
-        self.model.to(self.device)
-        self.model.eval()
         tok = self.tokenizer
         if tok.pad_token_id is None:
             # Padding positions are masked out, so any id works; eos is always there.

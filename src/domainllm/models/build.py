@@ -19,6 +19,7 @@ from pathlib import Path
 
 from domainllm.errors import DataError, PipelineError
 from domainllm.io import atomic_path
+from domainllm.models.loading import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,6 @@ def build_base(
     if corpus is None:
         raise PipelineError(f"{output}: a built candidate needs the cleaned corpus")
     _build_tiny(output, corpus=corpus, spec=spec, seed=seed)
-
-
-def set_threads(threads: int | None) -> None:
-    """Use exactly the job's cores: oversubscribed torch threads spin and crawl on shared CPUs."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
 
 
 def _copy_source(output: str, source: str, *, trust_remote_code: bool, allow_pickle: bool) -> None:

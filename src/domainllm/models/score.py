@@ -76,21 +76,16 @@ def score_base(
         batch_size: sequences per forward pass.
         threads: torch CPU threads (the job's share of cores); None keeps torch's default.
     """
-    import torch
-
     from domainllm.evaluate.likelihood import domain_bits_per_char, load_jcqa, mcqa_accuracy
-    from domainllm.models.build import set_threads
-    from domainllm.models.loading import load_causal_lm
+    from domainllm.models.loading import load_for_inference, set_threads
 
     set_threads(threads)
     start = time.time()
     texts = read_texts(domain_texts)
     items = load_jcqa(jcqa, jcqa_max_items)
-    model, tokenizer = load_causal_lm(
+    model, tokenizer = load_for_inference(
         model_dir, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )
-    if torch.cuda.is_available():
-        model.to("cuda")
     name = Path(model_dir).name
     eff = tokenizer_efficiency(tokenizer, texts)
     log.info(

@@ -162,16 +162,12 @@ def check_group_size(model, group_size: int, ignore: list[str]) -> None:
         )
 
 
-def _load(path, trust_remote_code: bool):
-    from domainllm.models.loading import load_causal_lm
+def folder_perplexity(path, windows: np.ndarray, *, trust_remote_code: bool) -> float:
+    """:func:`window_perplexity` of the model saved in ``path``, on the default device."""
+    from domainllm.models.loading import load_for_inference
 
-    return load_causal_lm(str(path), trust_remote_code=trust_remote_code)
-
-
-def _device():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    model, _ = load_for_inference(str(path), trust_remote_code=trust_remote_code)
+    return window_perplexity(model, windows)
 
 
 def _quantize_to(
@@ -188,7 +184,9 @@ def _quantize_to(
     import torch
     from llmcompressor import oneshot
 
-    model, tokenizer = _load(model_dir, trust_remote_code)
+    from domainllm.models.loading import load_causal_lm
+
+    model, tokenizer = load_causal_lm(str(model_dir), trust_remote_code=trust_remote_code)
     check_group_size(model, recipe_kwargs["group_size"], recipe_kwargs["ignore"])
     recipe = build_recipe(method, **recipe_kwargs)
     kwargs = {}
@@ -286,10 +284,7 @@ def quantize_gptq(
     )
 
     # Full precision on held-out windows.
-    fp_model, _ = _load(model_dir, trust_remote_code)
-    fp_model.to(_device())
-    ppl_before = window_perplexity(fp_model, heldout)
-    del fp_model
+    ppl_before = folder_perplexity(model_dir, heldout, trust_remote_code=trust_remote_code)
     log.info("perplexity before: %.3f", ppl_before)
 
     recipe_kwargs = dict(
@@ -310,10 +305,7 @@ def quantize_gptq(
             seed=seed,
             recipe_kwargs=recipe_kwargs,
         )
-        rtn_model, _ = _load(rtn_dir, trust_remote_code)
-        rtn_model.to(_device())
-        ppl_rtn = window_perplexity(rtn_model, heldout)
-        del rtn_model
+        ppl_rtn = folder_perplexity(rtn_dir, heldout, trust_remote_code=trust_remote_code)
     log.info("perplexity RTN: %.3f", ppl_rtn)
 
     t_gptq = time.perf_counter()
@@ -328,10 +320,7 @@ def quantize_gptq(
             recipe_kwargs=recipe_kwargs,
         )
         gptq_seconds = time.perf_counter() - t_gptq
-        q_model, _ = _load(tmp, trust_remote_code)
-        q_model.to(_device())
-        ppl_after = window_perplexity(q_model, heldout)
-        del q_model
+        ppl_after = folder_perplexity(tmp, heldout, trust_remote_code=trust_remote_code)
         log.info("perplexity GPTQ: %.3f", ppl_after)
         for name, value in [("before", ppl_before), ("gptq", ppl_after), ("rtn", ppl_rtn)]:
             if not np.isfinite(value):

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from domainllm.errors import PipelineError
 from domainllm.io import atomic_path, write_json
+from domainllm.models.loading import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +47,6 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def set_threads(threads: int | None) -> None:
-    """Limit torch's CPU threads to the job's cores.
-
-    More threads than free cores makes every matrix product wait on spinning
-    workers: on a shared 2-core machine a step took 5x longer with 2 threads.
-    """
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, int(threads)))
-
-
 def is_main_process() -> bool:
     """True on the process that writes shared files (rank 0, or the only one)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
@@ -67,6 +58,87 @@ def wait_for_everyone() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """The options both training stages take: the keyword arguments train_cpt and train_sft share.
+
+    Attributes:
+        checkpoint_dir: Trainer checkpoints; the newest complete one is resumed.
+        max_steps: optimiser steps in total (resumed steps count).
+        batch_size: sequences (CPT windows, SFT examples) per device per micro-batch.
+        learning_rate: peak learning rate of the cosine schedule.
+        save_steps: checkpoint interval.
+        seed: seeds the data order and every RNG.
+        gradient_accumulation_steps: micro-batches per optimiser step.
+        warmup_ratio: share of ``max_steps`` spent warming up linearly.
+        deepspeed: DeepSpeed JSON config (config/deepspeed/zero2.json), or None.
+        bf16: mixed precision in bfloat16 (GPUs).
+        save_total_limit: checkpoints kept.
+        logging_steps: loss-logging interval (the loss history's resolution).
+        peak_flops: peak FLOP/s per device for the MFU estimate (None: known GPUs, else null).
+        threads: torch CPU threads (the job's share of cores; None keeps torch's default).
+        trust_remote_code: allow custom model code in the base.
+        allow_pickle: allow pickled (.bin) weights in the base.
+    """
+
+    checkpoint_dir: str
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    save_steps: int
+    seed: int
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.05
+    deepspeed: str | None = None
+    bf16: bool = False
+    save_total_limit: int = 2
+    logging_steps: int = 5
+    peak_flops: float | None = None
+    threads: int | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    def start(self) -> None:
+        """Limit torch's CPU threads and seed every RNG, before data or model load."""
+        from transformers import set_seed
+
+        set_threads(self.threads)
+        set_seed(self.seed)
+
+    def training_arguments(self, **stage: Any):
+        """:func:`training_arguments` of these options; ``stage``: its stage-specific rest.
+
+        That is ``count_tokens`` and, where they differ from the defaults, ``drop_last``
+        and ``group_by_length``.
+        """
+        return training_arguments(
+            **{name: getattr(self, name) for name in _ARGUMENT_OPTIONS}, **stage
+        )
+
+    def run_identity(self, world_size: int) -> dict[str, Any]:
+        """The hyper-parameters a resumed run must share with its checkpoints (not max_steps)."""
+        return {
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "learning_rate": self.learning_rate,
+            "warmup_ratio": self.warmup_ratio,
+            "seed": self.seed,
+            "bf16": self.bf16,
+            "deepspeed": (
+                Path(self.deepspeed).read_text(encoding="utf-8") if self.deepspeed else None
+            ),
+            # ZeRO checkpoints are partitioned per rank; plain ones resume on any count.
+            "world_size": world_size if self.deepspeed else None,
+        }
+
+
+# The TrainOptions that training_arguments takes.
+_ARGUMENT_OPTIONS = (
+    "checkpoint_dir", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate",
+    "warmup_ratio", "save_steps", "save_total_limit", "logging_steps", "seed", "deepspeed", "bf16",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -522,35 +594,29 @@ def finish_from_checkpoint(
 
 
 def run_stage(
-    *,
+    stage: str,
     base: str,
     output: str,
-    checkpoint_dir: str,
+    options: TrainOptions,
     args,
-    run: dict[str, Any],
+    identity: dict[str, Any],
     build: Callable[[Any, Any], tuple[Any, Any, dict[str, Any]]],
     extra: dict[str, Any],
-    peak_flops: float | None,
-    trust_remote_code: bool,
-    allow_pickle: bool,
-    title: str,
 ) -> dict[str, Any]:
     """Resume-or-start one training stage and write its output folder.
 
     Args:
+        stage: "cpt" or "sft" (in the metrics, the run identity and the plot's title).
         base: model folder to train.
         output: final folder (model, tokenizer, train_metrics.json, loss_curve.png).
-        checkpoint_dir: Trainer checkpoints (``args.output_dir``).
-        args: from :func:`training_arguments` (created before the model loads).
-        run: what a resumable checkpoint must share with this run (see
+        options: the shared options (checkpoint folder, MFU peak, loading rules).
+        args: from :meth:`TrainOptions.training_arguments` (created before the model loads).
+        identity: the stage's inputs (fingerprints) and settings a resumable checkpoint
+            must share with this run, besides the shared hyper-parameters (see
             :func:`prepare_checkpoint_dir`).
         build: ``(model, tokenizer) -> (train_dataset, data_collator, data_fields)``;
             ``data_fields`` join the metrics.
         extra: fields of the metrics known without loading anything.
-        peak_flops: per device, for MFU.
-        trust_remote_code: allow custom model code.
-        allow_pickle: allow pickled weights.
-        title: the loss plot's title.
 
     Returns:
         The metrics (empty on non-main processes).
@@ -558,17 +624,30 @@ def run_stage(
     import torch
     from transformers import Trainer
 
+    title = f"{stage.upper()} of {Path(base).name}"
     max_steps = int(args.max_steps)
-    resume = prepare_checkpoint_dir(checkpoint_dir, run, max_steps)
     world = int(args.world_size)
-    extra = {**extra, "device": str(args.device), "torch_threads": torch.get_num_threads()}
+    run = {
+        "stage": stage,
+        "base": folder_fingerprint(base),
+        **identity,
+        **options.run_identity(args.world_size),
+    }
+    resume = prepare_checkpoint_dir(options.checkpoint_dir, run, max_steps)
+    extra = {
+        "stage": stage,
+        "base": str(base),
+        **extra,
+        "device": str(args.device),
+        "torch_threads": torch.get_num_threads(),
+    }
     if resume is not None and checkpoint_step(resume) >= max_steps:
         return finish_from_checkpoint(
             resume, output, base=base, world_size=world, extra=extra, title=title
         )
 
     model, tokenizer = load_model(
-        base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        base, trust_remote_code=options.trust_remote_code, allow_pickle=options.allow_pickle
     )
     dataset, collator, data_fields = build(model, tokenizer)
     use_cache = bool(getattr(model.config, "use_cache", True))
@@ -604,7 +683,7 @@ def run_stage(
             metrics = train_metrics(
                 trainer.state, runtime=float(result.metrics.get("train_runtime", 0.0)),
                 world_size=world, resumed_from=resume, start_tokens=start_tokens,
-                n_params=n_params, peak_flops=peak_flops, extra={**extra, **data_fields},
+                n_params=n_params, peak_flops=options.peak_flops, extra={**extra, **data_fields},
             )  # fmt: skip
             _write_report(tmp, metrics, title)
     if metrics:
@@ -638,3 +717,55 @@ def add_common_cli(parser) -> None:
     parser.add_argument(
         "--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS
     )
+
+
+def common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`add_common_cli` as train_cpt/train_sft keyword arguments."""
+    given = vars(args)
+    return {f.name: given[f.name] for f in dataclasses.fields(TrainOptions) if f.name in given}
+
+
+def cli_main(
+    train: Callable[..., Any],
+    argv: list[str] | None,
+    paths: dict[str, str],
+    *,
+    length: tuple[str, int],
+) -> int:
+    """A stage's module entry point: parse its options, log to ``--log``, run ``train``.
+
+    Args:
+        train: train_cpt or train_sft, called as
+            ``train(*paths, <length>=..., **common_kwargs(args))``; ``--help`` shows its
+            module's docstring.
+        argv: the command line (None: ``sys.argv``).
+        paths: ``{name: help}`` of train's positional arguments in order, each a required
+            ``--name`` option.
+        length: the stage's length option (keyword argument name) and its default.
+
+    Returns:
+        The exit status, 0.
+    """
+    from domainllm.logs import log_to
+
+    module = sys.modules[train.__module__]
+    # Under ``python -m`` the module is __main__; its spec keeps the real name.
+    name = module.__spec__.name if module.__spec__ is not None else module.__name__
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {name}",
+        description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for name, help_text in paths.items():
+        parser.add_argument(f"--{name}", required=True, help=help_text)
+    length_name, length_default = length
+    parser.add_argument("--" + length_name.replace("_", "-"), type=int, default=length_default)
+    add_common_cli(parser)
+    a = parser.parse_args(argv)
+    with log_to(a.log if is_main_process() else None):
+        train(
+            *(getattr(a, name) for name in paths),
+            **{length_name: getattr(a, length_name)},
+            **common_kwargs(a),
+        )
+    return 0

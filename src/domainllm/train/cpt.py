@@ -19,7 +19,6 @@ Several GPUs (the same entry point under a launcher; DeepSpeed ZeRO optional):
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +29,13 @@ from domainllm.io import read_json
 from domainllm.train import common
 
 log = logging.getLogger(__name__)
+
+# The entry point's required paths, in train_cpt's argument order: {option: help}.
+CLI_PATHS = {
+    "base": "save_pretrained folder to train",
+    "shards": "shard folder (with manifest.json)",
+    "output": "trained model folder",
+}
 
 
 class PackedWindows:
@@ -77,27 +83,7 @@ def _check_shards(shards: Path, manifest: dict, tokenizer, model) -> None:
 
 
 def train_cpt(
-    base: str,
-    shards: str,
-    output: str,
-    *,
-    checkpoint_dir: str,
-    max_steps: int,
-    batch_size: int,
-    gradient_accumulation_steps: int = 1,
-    seq_len: int,
-    learning_rate: float,
-    warmup_ratio: float = 0.05,
-    save_steps: int,
-    deepspeed: str | None = None,
-    bf16: bool = False,
-    seed: int,
-    save_total_limit: int = 2,
-    logging_steps: int = 5,
-    peak_flops: float | None = None,
-    threads: int | None = None,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
+    base: str, shards: str, output: str, *, seq_len: int, **options: Any
 ) -> dict[str, Any]:
     """Continue pre-training ``base`` on the token shards in ``shards``; save to ``output``.
 
@@ -105,23 +91,10 @@ def train_cpt(
         base: save_pretrained folder of the model to train.
         shards: folder with manifest.json and shard_*.bin (the corpus stage's output).
         output: the trained folder (model, tokenizer, train_metrics.json, loss_curve.png).
-        checkpoint_dir: Trainer checkpoints; the newest complete one is resumed.
-        max_steps: optimiser steps in total (resumed steps count).
-        batch_size: sequences per device per micro-batch.
-        gradient_accumulation_steps: micro-batches per optimiser step.
         seq_len: tokens per packed window.
-        learning_rate: peak learning rate of the cosine schedule.
-        warmup_ratio: share of ``max_steps`` spent warming up linearly.
-        save_steps: checkpoint interval.
-        deepspeed: DeepSpeed JSON config (config/deepspeed/zero2.json), or None.
-        bf16: mixed precision in bfloat16 (GPUs).
-        seed: seeds the data order and every RNG.
-        save_total_limit: checkpoints kept.
-        logging_steps: loss-logging interval (the loss history's resolution).
-        threads: torch CPU threads (the job's share of cores; None keeps torch's default).
-        peak_flops: peak FLOP/s per device for the MFU estimate (None: known GPUs, else null).
-        trust_remote_code: allow custom model code in ``base``.
-        allow_pickle: allow pickled (.bin) weights in ``base``.
+        **options: the options both stages share, :class:`~domainllm.train.common.TrainOptions`
+            (``checkpoint_dir``, ``max_steps``, ``batch_size``, ``learning_rate``,
+            ``save_steps`` and ``seed`` are required).
 
     Returns:
         The metrics written to train_metrics.json.
@@ -130,12 +103,12 @@ def train_cpt(
         DataError: shards missing, inconsistent with their manifest, made with another
             tokenizer, or shorter than one window.
     """
-    from transformers import default_data_collator, set_seed
+    from transformers import default_data_collator
 
     from domainllm.corpus.shards import load_tokens
 
-    common.set_threads(threads)
-    set_seed(seed)
+    opts = common.TrainOptions(**options)
+    opts.start()
     shards_dir = Path(shards)
     manifest_path = shards_dir / "manifest.json"
     if not manifest_path.is_file():
@@ -147,36 +120,7 @@ def train_cpt(
             f"{manifest_path}: {len(tokens)} tokens are fewer than one window of seq_len={seq_len}"
         )
 
-    args = common.training_arguments(
-        checkpoint_dir=checkpoint_dir,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        warmup_ratio=warmup_ratio,
-        save_steps=save_steps,
-        save_total_limit=save_total_limit,
-        logging_steps=logging_steps,
-        seed=seed,
-        deepspeed=deepspeed,
-        bf16=bf16,
-        count_tokens="all",
-    )
-    run = {
-        "stage": "cpt",
-        "base": common.folder_fingerprint(base),
-        "shards": common.folder_fingerprint(manifest_path),
-        "seq_len": seq_len,
-        "batch_size": batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps,
-        "learning_rate": learning_rate,
-        "warmup_ratio": warmup_ratio,
-        "seed": seed,
-        "bf16": bf16,
-        "deepspeed": Path(deepspeed).read_text(encoding="utf-8") if deepspeed else None,
-        # ZeRO checkpoints are partitioned per rank; plain ones resume on any count.
-        "world_size": args.world_size if deepspeed else None,
-    }
+    args = opts.training_arguments(count_tokens="all")
 
     def build(model, tokenizer):
         _check_shards(shards_dir, manifest, tokenizer, model)
@@ -184,65 +128,15 @@ def train_cpt(
         fields = {"corpus_tokens": int(len(tokens)), "windows": len(dataset)}
         return dataset, default_data_collator, fields
 
-    return common.run_stage(
-        base=base,
-        output=output,
-        checkpoint_dir=checkpoint_dir,
-        args=args,
-        run=run,
-        build=build,
-        extra={
-            "stage": "cpt",
-            "base": str(base),
-            "shards": str(shards_dir),
-            "seq_len": seq_len,
-            "tokens_per_step": seq_len * batch_size * gradient_accumulation_steps * args.world_size,
-        },
-        peak_flops=peak_flops,
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
-        title=f"CPT of {Path(base).name}",
-    )
+    identity = {"shards": common.folder_fingerprint(manifest_path), "seq_len": seq_len}
+    tokens_per_step = seq_len * opts.batch_size * opts.gradient_accumulation_steps * args.world_size
+    extra = {"shards": str(shards_dir), "seq_len": seq_len, "tokens_per_step": tokens_per_step}
+    return common.run_stage("cpt", base, output, opts, args, identity, build, extra)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    from domainllm.logs import log_to
-
-    parser = argparse.ArgumentParser(
-        prog="python -m domainllm.train.cpt",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--base", required=True, help="save_pretrained folder to train")
-    parser.add_argument("--shards", required=True, help="shard folder (with manifest.json)")
-    parser.add_argument("--output", required=True, help="trained model folder")
-    parser.add_argument("--seq-len", type=int, default=128)
-    common.add_common_cli(parser)
-    a = parser.parse_args(argv)
-    with log_to(a.log if common.is_main_process() else None):
-        train_cpt(
-            a.base,
-            a.shards,
-            a.output,
-            checkpoint_dir=a.checkpoint_dir,
-            max_steps=a.max_steps,
-            batch_size=a.batch_size,
-            gradient_accumulation_steps=a.gradient_accumulation_steps,
-            seq_len=a.seq_len,
-            learning_rate=a.learning_rate,
-            warmup_ratio=a.warmup_ratio,
-            save_steps=a.save_steps,
-            deepspeed=a.deepspeed,
-            bf16=a.bf16,
-            seed=a.seed,
-            logging_steps=a.logging_steps,
-            peak_flops=a.peak_flops,
-            threads=a.threads,
-            trust_remote_code=a.trust_remote_code,
-            allow_pickle=a.allow_pickle,
-        )
-    return 0
+    return common.cli_main(train_cpt, argv, CLI_PATHS, length=("seq_len", 128))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ config/deepspeed/zero2.json --bf16`` (or ``torchrun --nproc_per_node N -m ...``)
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -32,6 +31,12 @@ from domainllm.train.chat import format_prompt
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+# The entry point's required paths, in train_sft's argument order: {option: help}.
+CLI_PATHS = {
+    "base": "save_pretrained folder to tune",
+    "data": "SFT Parquet (instruction, output)",
+    "output": "trained model folder",
+}
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -146,94 +151,30 @@ def tokenize_examples(tokenizer, rows: list[dict], max_len: int) -> list[dict]:
     ]
 
 
-def train_sft(
-    base: str,
-    data: str,
-    output: str,
-    *,
-    checkpoint_dir: str,
-    max_steps: int,
-    batch_size: int,
-    max_len: int,
-    learning_rate: float,
-    save_steps: int,
-    seed: int,
-    gradient_accumulation_steps: int = 1,
-    warmup_ratio: float = 0.05,
-    deepspeed: str | None = None,
-    bf16: bool = False,
-    save_total_limit: int = 2,
-    logging_steps: int = 5,
-    peak_flops: float | None = None,
-    threads: int | None = None,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-) -> dict[str, Any]:
+def train_sft(base: str, data: str, output: str, *, max_len: int, **options: Any) -> dict[str, Any]:
     """Instruction-tune ``base`` on the SFT table ``data``; save to ``output``.
 
     Args:
         base: save_pretrained folder (usually the CPT model).
         data: Parquet with ``instruction`` and ``output`` columns (R/data/sft.parquet).
         output: the trained folder (model, tokenizer with chat template, metrics, plot).
-        checkpoint_dir: Trainer checkpoints; the newest complete one is resumed.
-        max_steps: optimiser steps in total.
-        batch_size: examples per device per micro-batch.
         max_len: longest tokenised example (prompt + answer).
-        learning_rate: peak learning rate (cosine schedule).
-        save_steps: checkpoint interval.
-        seed: seeds data order and every RNG.
-        gradient_accumulation_steps: micro-batches per optimiser step.
-        warmup_ratio: share of steps warming up.
-        deepspeed: DeepSpeed JSON config, or None.
-        bf16: bfloat16 mixed precision (GPUs).
-        save_total_limit: checkpoints kept.
-        logging_steps: loss-logging interval.
-        threads: torch CPU threads (the job's share of cores; None keeps torch's default).
-        peak_flops: peak FLOP/s per device for MFU (None: known GPUs, else null).
-        trust_remote_code: allow custom model code in ``base``.
-        allow_pickle: allow pickled (.bin) weights in ``base``.
+        **options: the options both stages share, :class:`~domainllm.train.common.TrainOptions`
+            (``checkpoint_dir``, ``max_steps``, ``batch_size``, ``learning_rate``,
+            ``save_steps`` and ``seed`` are required).
 
     Returns:
         The metrics written to train_metrics.json.
     """
-    from transformers import set_seed
-
-    common.set_threads(threads)
-    set_seed(seed)
+    opts = common.TrainOptions(**options)
+    opts.start()
     rows = read_sft_data(data)
-    args = common.training_arguments(
-        checkpoint_dir=checkpoint_dir,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        warmup_ratio=warmup_ratio,
-        save_steps=save_steps,
-        save_total_limit=save_total_limit,
-        logging_steps=logging_steps,
-        seed=seed,
-        deepspeed=deepspeed,
-        bf16=bf16,
+    args = opts.training_arguments(
         count_tokens="non_padding",
         drop_last=False,
         # Batches of similar lengths waste less compute on padding (random mega-batches).
         group_by_length=True,
     )
-    run = {
-        "stage": "sft",
-        "base": common.folder_fingerprint(base),
-        "data": common.folder_fingerprint(data),
-        "max_len": max_len,
-        "batch_size": batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps,
-        "learning_rate": learning_rate,
-        "warmup_ratio": warmup_ratio,
-        "seed": seed,
-        "bf16": bf16,
-        "deepspeed": Path(deepspeed).read_text(encoding="utf-8") if deepspeed else None,
-        # ZeRO checkpoints are partitioned per rank; plain ones resume on any count.
-        "world_size": args.world_size if deepspeed else None,
-    }
 
     def build(model, tokenizer):
         examples = tokenize_examples(tokenizer, rows, max_len)
@@ -244,59 +185,14 @@ def train_sft(
         }
         return ExampleList(examples), AnswerOnlyCollator(tokenizer.pad_token_id), fields
 
-    return common.run_stage(
-        base=base,
-        output=output,
-        checkpoint_dir=checkpoint_dir,
-        args=args,
-        run=run,
-        build=build,
-        extra={"stage": "sft", "base": str(base), "data": str(data), "max_len": max_len},
-        peak_flops=peak_flops,
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
-        title=f"SFT of {Path(base).name}",
-    )
+    identity = {"data": common.folder_fingerprint(data), "max_len": max_len}
+    extra = {"data": str(data), "max_len": max_len}
+    return common.run_stage("sft", base, output, opts, args, identity, build, extra)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    from domainllm.logs import log_to
-
-    parser = argparse.ArgumentParser(
-        prog="python -m domainllm.train.sft",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--base", required=True, help="save_pretrained folder to tune")
-    parser.add_argument("--data", required=True, help="SFT Parquet (instruction, output)")
-    parser.add_argument("--output", required=True, help="trained model folder")
-    parser.add_argument("--max-len", type=int, default=256)
-    common.add_common_cli(parser)
-    a = parser.parse_args(argv)
-    with log_to(a.log if common.is_main_process() else None):
-        train_sft(
-            a.base,
-            a.data,
-            a.output,
-            checkpoint_dir=a.checkpoint_dir,
-            max_steps=a.max_steps,
-            batch_size=a.batch_size,
-            max_len=a.max_len,
-            learning_rate=a.learning_rate,
-            save_steps=a.save_steps,
-            seed=a.seed,
-            gradient_accumulation_steps=a.gradient_accumulation_steps,
-            warmup_ratio=a.warmup_ratio,
-            deepspeed=a.deepspeed,
-            bf16=a.bf16,
-            logging_steps=a.logging_steps,
-            peak_flops=a.peak_flops,
-            threads=a.threads,
-            trust_remote_code=a.trust_remote_code,
-            allow_pickle=a.allow_pickle,
-        )
-    return 0
+    return common.cli_main(train_sft, argv, CLI_PATHS, length=("max_len", 256))
 
 
 if __name__ == "__main__":
