@@ -100,26 +100,33 @@ def test_uniform_model_scores_choices_by_token_count(tokenizer):
     best_norm = max(range(4), key=lambda i: (len(choices[i].encode()) / n_tokens[i], -i))
     assert best_acc != best_norm
     items = [{"question": "決算で最も重要な数字は？", "choices": choices, "label": best_acc}]
-    assert mcqa_accuracy(model, tokenizer, items) == {"acc": 1.0, "acc_norm": 0.0, "n": 1}
+    out = mcqa_accuracy(model, tokenizer, items)
+    assert (out["acc"], out["acc_bytes"], out["n"]) == (1.0, 0.0, 1)
     items[0]["label"] = best_norm
-    assert mcqa_accuracy(model, tokenizer, items) == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+    out = mcqa_accuracy(model, tokenizer, items)
+    assert (out["acc"], out["acc_bytes"], out["n"]) == (0.0, 1.0, 1)
 
 
-def test_acc_norm_divides_by_utf8_bytes(monkeypatch):
+def test_acc_norm_divides_by_characters_and_acc_bytes_by_utf8_bytes(monkeypatch):
     items = [
-        {"question": "q1", "choices": ["あ", "あいうえお"], "label": 1},  # 3 vs 15 bytes
+        {"question": "q1", "choices": ["あ", "あいうえお"], "label": 1},  # 1 vs 5 chars
         {"question": "q2", "choices": ["ab", "abcdef"], "label": 0},
         {"question": "q3", "choices": ["x", "y", "z"], "label": 2},
+        # 1 char / 3 bytes against 3 chars / 3 bytes: the two normalisations disagree.
+        {"question": "q4", "choices": ["あ", "abc"], "label": 1},
     ]
-    lls = [[-3.0, -6.0], [-2.0, -4.0], [-5.0, -5.0, -1.0]]
+    lls = [[-3.0, -6.0], [-2.0, -4.0], [-5.0, -5.0, -1.0], [-2.0, -3.0]]
     monkeypatch.setattr(likelihood, "choice_logliks", lambda *a, **k: lls)
     out = mcqa_accuracy(None, None, items)
-    # acc: item1 wrong (picks 0), item2 right, item3 right; acc_norm: item1 right
-    # (-6/15 > -3/3), item2 wrong (-4/6 > -2/2), item3 right.
-    assert out == {"acc": pytest.approx(2 / 3), "acc_norm": pytest.approx(2 / 3), "n": 3}
-    items[1]["label"] = 1
-    out = mcqa_accuracy(None, None, items)
-    assert out["acc"] == pytest.approx(1 / 3) and out["acc_norm"] == pytest.approx(1.0)
+    # acc: q1 wrong, q2 right, q3 right, q4 wrong.
+    # acc_norm (per char): q1 right (-6/5 > -3/1), q2 wrong, q3 right, q4 right (-3/3 > -2/1).
+    # acc_bytes: q1 right (-6/15 > -3/3), q2 wrong, q3 right, q4 wrong (-2/3 > -3/3).
+    assert out == {
+        "acc": pytest.approx(2 / 4),
+        "acc_norm": pytest.approx(3 / 4),
+        "acc_bytes": pytest.approx(2 / 4),
+        "n": 4,
+    }
 
 
 def test_bits_per_char_of_a_uniform_model_is_log2_vocab_per_token(tokenizer):

@@ -172,26 +172,33 @@ def _argmax(values: list[float]) -> int:
 
 
 def mcqa_accuracy(model, tokenizer, items: list[dict], batch_size: int = 16) -> dict:
-    """Log-likelihood multiple-choice accuracy.
+    """Log-likelihood multiple-choice accuracy, as lm-evaluation-harness defines it.
 
     Each choice is scored as the continuation of ``質問:{question}\\n答え:``.
-    ``acc`` takes the choice with the highest log-likelihood, ``acc_norm`` the
-    highest log-likelihood per UTF-8 byte of the choice (which removes the bias
-    towards short answers).
+    ``acc`` takes the choice with the highest log-likelihood; ``acc_norm`` the
+    highest log-likelihood per character of the choice and ``acc_bytes`` per
+    UTF-8 byte (both remove the bias towards short answers; lm-evaluation-harness
+    names them the same way).
 
     Returns:
-        ``{"acc": float, "acc_norm": float, "n": int}``.
+        ``{"acc": float, "acc_norm": float, "acc_bytes": float, "n": int}``.
     """
     if not items:
         raise DataError("mcqa_accuracy: no items")
     lls = choice_logliks(model, tokenizer, items, batch_size)
-    acc = acc_norm = 0
+    hits = {"acc": 0, "acc_norm": 0, "acc_bytes": 0}
     for item, ll in zip(items, lls, strict=True):
-        lengths = [max(1, len(c.encode("utf-8"))) for c in item["choices"]]
-        acc += _argmax(ll) == item["label"]
-        acc_norm += _argmax([x / n for x, n in zip(ll, lengths, strict=True)]) == item["label"]
+        chars = [max(1, len(c)) for c in item["choices"]]
+        nbytes = [max(1, len(c.encode("utf-8"))) for c in item["choices"]]
+        hits["acc"] += _argmax(ll) == item["label"]
+        hits["acc_norm"] += (
+            _argmax([x / n for x, n in zip(ll, chars, strict=True)]) == item["label"]
+        )
+        hits["acc_bytes"] += (
+            _argmax([x / n for x, n in zip(ll, nbytes, strict=True)]) == item["label"]
+        )
     n = len(items)
-    return {"acc": acc / n, "acc_norm": acc_norm / n, "n": n}
+    return {**{k: v / n for k, v in hits.items()}, "n": n}
 
 
 def domain_bits_per_char(
