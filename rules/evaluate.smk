@@ -59,7 +59,8 @@ rule evaluate_version:
         # The chosen base: trust_remote_code is its setting (see quantize_gptq).
         origin=chosen_base_dir,
     output:
-        f"{R}/eval/versions/{{version}}.json",
+        record=f"{R}/eval/versions/{{version}}.json",
+        items=f"{R}/eval/versions/{{version}}.items.parquet",
     params:
         jcqa_max_items=config["data"]["jcqa"]["max_items"],
         # The window base selection used, so bits per character compare across stages.

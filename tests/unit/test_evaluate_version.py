@@ -18,6 +18,7 @@ from tests.unit._tiny_lm import JCQA, SAMPLES, build_model, sample_texts, write_
 METRICS = {
     "jcqa_acc",
     "jcqa_acc_norm",
+    "jcqa_acc_bytes",
     "domain_bits_per_char",
     "domain_perplexity",
     "chrf",
@@ -72,6 +73,7 @@ def setup(tmp_path_factory):
             str(outs[name]),
             jcqa_max_items=20,
             ppl_seq_len=64,
+            items_output=str(outs[name].with_suffix(".items.parquet")),
         )
     return root, outs
 
@@ -87,6 +89,21 @@ def test_version_json_has_all_metrics(setup):
     assert 0 <= m["evaluator_score"] <= 1 and 0 <= m["chrf"] <= 100
     assert 1 <= m["output_tokens_mean"] <= 16
     assert rec["info"]["jcqa_items"] == 20 and rec["info"]["generations"] == 6
+
+
+def test_per_item_scores_aggregate_to_the_version_metrics(setup):
+    _, outs = setup
+    rec = json.loads(outs["cpt"].read_text())["metrics"]
+    items = pl.read_parquet(outs["cpt"].with_suffix(".items.parquet"))
+    mean = dict(items.group_by("metric").agg(pl.col("value").mean()).iter_rows())
+    count = dict(items.group_by("metric").len().iter_rows())
+    assert count["jcqa_correct"] == 20 and count["chrf"] == 6 and count["evaluator_score"] == 6
+    assert mean["jcqa_correct"] == pytest.approx(rec["jcqa_acc"])
+    assert mean["jcqa_correct_norm"] == pytest.approx(rec["jcqa_acc_norm"])
+    assert mean["chrf"] == pytest.approx(rec["chrf_sentence_mean"])
+    assert mean["evaluator_score"] == pytest.approx(rec["evaluator_score"])
+    gens = items.filter(pl.col("task") == "generation")
+    assert gens["output"].null_count() == 0
 
 
 def test_training_on_domain_text_lowers_domain_bits_per_char(setup):

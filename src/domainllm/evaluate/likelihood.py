@@ -171,34 +171,54 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
+def mcqa_item_results(model, tokenizer, items: list[dict], batch_size: int = 16) -> list[dict]:
+    """Per-item multiple-choice results: the predicted choice under each rule, and correctness.
+
+    Each choice is scored as the continuation of ``質問:{question}\\n答え:``.
+    ``pred`` takes the choice with the highest log-likelihood; ``pred_norm`` the
+    highest log-likelihood per character of the choice and ``pred_bytes`` per
+    UTF-8 byte (lm-evaluation-harness's acc, acc_norm and acc_bytes).
+
+    Returns:
+        ``[{"id", "label", "pred", "pred_norm", "pred_bytes", "correct",
+        "correct_norm", "correct_bytes"}, ...]`` in item order.
+    """
+    if not items:
+        raise DataError("mcqa: no items")
+    lls = choice_logliks(model, tokenizer, items, batch_size)
+    out = []
+    for i, (item, ll) in enumerate(zip(items, lls, strict=True)):
+        chars = [max(1, len(c)) for c in item["choices"]]
+        nbytes = [max(1, len(c.encode("utf-8"))) for c in item["choices"]]
+        preds = {
+            "pred": _argmax(ll),
+            "pred_norm": _argmax([x / n for x, n in zip(ll, chars, strict=True)]),
+            "pred_bytes": _argmax([x / n for x, n in zip(ll, nbytes, strict=True)]),
+        }
+        row = {"id": item.get("id", i), "label": item["label"], **preds}
+        for key, pred in preds.items():
+            row[key.replace("pred", "correct")] = int(pred == item["label"])
+        out.append(row)
+    return out
+
+
 def mcqa_accuracy(model, tokenizer, items: list[dict], batch_size: int = 16) -> dict:
     """Log-likelihood multiple-choice accuracy, as lm-evaluation-harness defines it.
 
-    Each choice is scored as the continuation of ``質問:{question}\\n答え:``.
-    ``acc`` takes the choice with the highest log-likelihood; ``acc_norm`` the
-    highest log-likelihood per character of the choice and ``acc_bytes`` per
-    UTF-8 byte (both remove the bias towards short answers; lm-evaluation-harness
-    names them the same way).
+    ``acc``, ``acc_norm`` (per character) and ``acc_bytes`` (per UTF-8 byte) are
+    the means of ``mcqa_item_results``' correctness columns.
 
     Returns:
         ``{"acc": float, "acc_norm": float, "acc_bytes": float, "n": int}``.
     """
-    if not items:
-        raise DataError("mcqa_accuracy: no items")
-    lls = choice_logliks(model, tokenizer, items, batch_size)
-    hits = {"acc": 0, "acc_norm": 0, "acc_bytes": 0}
-    for item, ll in zip(items, lls, strict=True):
-        chars = [max(1, len(c)) for c in item["choices"]]
-        nbytes = [max(1, len(c.encode("utf-8"))) for c in item["choices"]]
-        hits["acc"] += _argmax(ll) == item["label"]
-        hits["acc_norm"] += (
-            _argmax([x / n for x, n in zip(ll, chars, strict=True)]) == item["label"]
-        )
-        hits["acc_bytes"] += (
-            _argmax([x / n for x, n in zip(ll, nbytes, strict=True)]) == item["label"]
-        )
-    n = len(items)
-    return {**{k: v / n for k, v in hits.items()}, "n": n}
+    rows = mcqa_item_results(model, tokenizer, items, batch_size)
+    n = len(rows)
+    return {
+        "acc": sum(r["correct"] for r in rows) / n,
+        "acc_norm": sum(r["correct_norm"] for r in rows) / n,
+        "acc_bytes": sum(r["correct_bytes"] for r in rows) / n,
+        "n": n,
+    }
 
 
 def domain_bits_per_char(

@@ -12,22 +12,33 @@ import numpy as np
 from domainllm.errors import PipelineError
 
 
-def chrf(outputs: list[str], references: list[str]) -> dict:
-    """Corpus chrF and the mean sentence chrF (0-100) of outputs against references."""
+def _chrf_inputs(outputs: list[str], references: list[str]):
     from sacrebleu.metrics import CHRF
 
     if len(outputs) != len(references):
         raise PipelineError(f"{len(outputs)} outputs but {len(references)} references")
     if not outputs:
         raise PipelineError("no outputs to score")
-    metric = CHRF()  # character 6-grams, beta 2, whitespace ignored: language-agnostic
-    outputs = [o or "" for o in outputs]
-    references = [r or "" for r in references]
-    corpus = metric.corpus_score(outputs, [references]).score
-    sentences = [
-        metric.sentence_score(o, [r]).score for o, r in zip(outputs, references, strict=True)
+    # Character 6-grams, beta 2, whitespace ignored: language-agnostic.
+    return CHRF(), [o or "" for o in outputs], [r or "" for r in references]
+
+
+def sentence_chrf(outputs: list[str], references: list[str]) -> list[float]:
+    """chrF (0-100) of each output against its reference."""
+    metric, outputs, references = _chrf_inputs(outputs, references)
+    return [
+        float(metric.sentence_score(o, [r]).score) for o, r in zip(outputs, references, strict=True)
     ]
-    return {"chrf": float(corpus), "chrf_sentence_mean": float(np.mean(sentences))}
+
+
+def chrf(outputs: list[str], references: list[str]) -> dict:
+    """Corpus chrF and the mean sentence chrF (0-100) of outputs against references."""
+    metric, outputs, references = _chrf_inputs(outputs, references)
+    corpus = metric.corpus_score(outputs, [references]).score
+    return {
+        "chrf": float(corpus),
+        "chrf_sentence_mean": float(np.mean(sentence_chrf(outputs, references))),
+    }
 
 
 def repetition_ratio(text: str, n: int = 4) -> float:

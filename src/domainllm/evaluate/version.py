@@ -3,11 +3,17 @@
 Per version (base, cpt, sft, sft-gptq) the same metrics, so the table shows what
 each stage bought:
 
-- jcqa_acc, jcqa_acc_norm: JCommonsenseQA log-likelihood multiple choice (general Japanese).
+- jcqa_acc, jcqa_acc_norm, jcqa_acc_bytes: JCommonsenseQA log-likelihood multiple
+  choice (general Japanese), as lm-evaluation-harness defines them.
 - domain_bits_per_char, domain_perplexity: cross-entropy on held-out domain text.
 - chrf, chrf_sentence_mean: generated answers against the ELYZA references.
 - evaluator_score: mean P(good) of the answers by the feedback evaluator.
 - output_chars_mean, output_tokens_mean, empty_output_rate, repetition_rate: answer shape.
+
+Besides the aggregate record, each version writes its per-item scores (one row
+per evaluation item and metric: task, item_id, metric, value, plus the answer
+for generation items), so two versions can be compared item by item with paired
+statistics.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ GENERATION_COLUMNS = ("id", "prompt", "reference", "output", "output_tokens")
 HIGHER_IS_BETTER = {
     "jcqa_acc": True,
     "jcqa_acc_norm": True,
+    "jcqa_acc_bytes": True,
     "domain_bits_per_char": False,
     "domain_perplexity": False,
     "chrf": True,
@@ -50,6 +57,7 @@ def evaluate_version(
     ppl_seq_len: int = 128,
     batch_size: int = 16,
     trust_remote_code: bool = False,
+    items_output: str | None = None,
 ) -> dict:
     """Compute every metric of one model version; write R/eval/versions/<version>.json.
 
@@ -65,6 +73,7 @@ def evaluate_version(
         ppl_seq_len: window length for domain bits per character.
         batch_size: sequences per forward pass.
         trust_remote_code: allow custom model code.
+        items_output: Parquet of per-item scores (task, item_id, metric, value, output).
 
     Returns:
         The record written.
@@ -72,7 +81,11 @@ def evaluate_version(
     import torch
 
     from domainllm.evaluate.feedback import format_dialogue, load_evaluator
-    from domainllm.evaluate.likelihood import domain_bits_per_char, load_jcqa, mcqa_accuracy
+    from domainllm.evaluate.likelihood import (
+        domain_bits_per_char,
+        load_jcqa,
+        mcqa_item_results,
+    )
     from domainllm.evaluate.metrics import generation_metrics
     from domainllm.infer.generation import read_table
     from domainllm.models.loading import load_for_inference
@@ -90,11 +103,12 @@ def evaluate_version(
     dialogues = [
         format_dialogue(p, o) for p, o in zip(gens["prompt"].to_list(), outputs, strict=True)
     ]
-    metrics["evaluator_score"] = float(judge.score(dialogues).mean())
+    judged = judge.score(dialogues)
+    metrics["evaluator_score"] = float(judged.mean())
 
     lm, tokenizer = load_for_inference(model, trust_remote_code=trust_remote_code)
     with torch.inference_mode():
-        mc = mcqa_accuracy(lm, tokenizer, items, batch_size=batch_size)
+        mc_items = mcqa_item_results(lm, tokenizer, items, batch_size=batch_size)
         dom = domain_bits_per_char(
             lm,
             tokenizer,
@@ -102,9 +116,11 @@ def evaluate_version(
             ppl_seq_len,
             batch_size=batch_size,
         )
+    n_mc = len(mc_items)
     metrics.update(
-        jcqa_acc=mc["acc"],
-        jcqa_acc_norm=mc["acc_norm"],
+        jcqa_acc=sum(r["correct"] for r in mc_items) / n_mc,
+        jcqa_acc_norm=sum(r["correct_norm"] for r in mc_items) / n_mc,
+        jcqa_acc_bytes=sum(r["correct_bytes"] for r in mc_items) / n_mc,
         domain_bits_per_char=dom["bits_per_char"],
         domain_perplexity=dom["perplexity"],
     )
@@ -117,7 +133,7 @@ def evaluate_version(
         "model": str(model),
         "metrics": metrics,
         "info": {
-            "jcqa_items": mc["n"],
+            "jcqa_items": n_mc,
             "domain_tokens": dom["tokens"],
             "domain_chars": dom["chars"],
             "generations": gens.height,
@@ -125,9 +141,35 @@ def evaluate_version(
             "seconds": time.perf_counter() - t0,
         },
     }
+    if items_output is not None:
+        _write_items(items_output, mc_items, gens, outputs, judged)
     write_json(record, output)
     log.info("version %s: %s", version, metrics)
     return record
+
+
+def _write_items(path: str, mc_items: list[dict], gens, outputs: list[str], judged) -> None:
+    """Per-item scores in long form: one row per (task, item_id, metric)."""
+    import polars as pl
+
+    from domainllm.evaluate.metrics import sentence_chrf
+
+    rows = []
+    for r in mc_items:
+        for metric in ("correct", "correct_norm", "correct_bytes"):
+            rows.append(("jcqa", str(r["id"]), f"jcqa_{metric}", float(r[metric]), None))
+    chrfs = sentence_chrf(outputs, gens["reference"].to_list())
+    for item_id, out, c, j in zip(gens["id"].to_list(), outputs, chrfs, judged, strict=True):
+        rows.append(("generation", str(item_id), "chrf", c, out))
+        rows.append(("generation", str(item_id), "evaluator_score", float(j), out))
+    schema = {
+        "task": pl.String,
+        "item_id": pl.String,
+        "metric": pl.String,
+        "value": pl.Float64,
+        "output": pl.String,
+    }
+    write_parquet(pl.DataFrame(rows, schema=schema, orient="row"), path)
 
 
 def _markdown(df, metric_names: list[str]) -> str:
