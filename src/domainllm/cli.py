@@ -2,6 +2,7 @@
 
 Usage:
     domainllm validate config/config.yaml [--print]   # check a config, print it filled
+    domainllm diff A B [--fail-on METRIC:TOL]          # compare two model versions
 """
 
 from __future__ import annotations
@@ -18,6 +19,27 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="validate a config file against config/schema.yaml")
     p.add_argument("config")
     p.add_argument("--print", action="store_true", help="print the config with defaults filled")
+    d = sub.add_parser(
+        "diff",
+        help="compare two model versions ([RUN_FOLDER_OR_GIT_REV:]VERSION each)",
+        description=(
+            "Compare two model versions metric by metric (paired bootstrap over shared "
+            "evaluation items), with the examples that changed most and model and data "
+            "differences. A side is VERSION, RUN_FOLDER:VERSION or GIT_REV:VERSION."
+        ),
+    )
+    d.add_argument("a")
+    d.add_argument("b")
+    d.add_argument("--results", default="results", help="run folder for bare versions")
+    d.add_argument("--out", help="write OUT.md, OUT.html and OUT.json")
+    d.add_argument(
+        "--fail-on",
+        action="append",
+        default=[],
+        metavar="METRIC:TOL",
+        help="exit 3 if B is worse than A on METRIC by more than TOL (repeatable)",
+    )
+    d.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
     try:
         if args.command == "validate":
@@ -30,6 +52,21 @@ def main(argv: list[str] | None = None) -> int:
                 yaml.safe_dump(cfg, sys.stdout, allow_unicode=True, sort_keys=False)
             else:
                 print(f"{args.config}: valid")
+        elif args.command == "diff":
+            from domainllm.evaluate.diff import diff, to_markdown
+
+            result, failed = diff(
+                args.a,
+                args.b,
+                results=args.results,
+                out=args.out,
+                fail_on=args.fail_on,
+                n_boot=args.bootstrap,
+            )
+            print(to_markdown(result))
+            if failed:
+                print("regressions:\n  " + "\n  ".join(failed), file=sys.stderr)
+                return 3
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

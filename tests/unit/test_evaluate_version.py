@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -166,3 +167,41 @@ def test_evaluate_version_rejects_bad_generations(setup, tmp_path):
             str(out),
         )
     assert not out.exists()
+
+
+def test_diff_compares_two_versions_with_paired_statistics(setup, tmp_path):
+    from domainllm.cli import main
+    from domainllm.evaluate.diff import diff, paired_bootstrap
+
+    root, _ = setup  # a run folder: eval/versions/<version>.json and .items.parquet
+    result, failed = diff(
+        "base", "cpt", results=str(root), out=str(tmp_path / "d"), fail_on=["jcqa_acc:1"]
+    )
+    assert failed == []
+    rows = {r["metric"]: r for r in result["metrics"]}
+    bpc = rows["domain_bits_per_char"]
+    assert bpc["delta"] == pytest.approx(bpc["b"] - bpc["a"]) and bpc["delta"] < 0
+    acc = rows["jcqa_acc"]
+    assert acc["n"] == 20 and acc["ci_low"] <= acc["delta"] <= acc["ci_high"]
+    assert 0 < acc["p_value"] <= 1
+    assert len(result["examples"]) == 5
+    assert result["a"]["info"]["stored_parameters"] > 0
+    for ext in ("md", "html", "json"):
+        assert (tmp_path / f"d.{ext}").stat().st_size > 0
+    assert "base vs cpt" in (tmp_path / "d.md").read_text()
+
+    # The CLI gates on a regression: cpt has fewer bits per char than base, so base -> cpt
+    # passes and cpt -> base (a regression) exits 3.
+    ok = main(
+        ["diff", "base", "cpt", "--results", str(root), "--fail-on", "domain_bits_per_char:0"]
+    )
+    bad = main(
+        ["diff", "cpt", "base", "--results", str(root), "--fail-on", "domain_bits_per_char:0"]
+    )
+    assert (ok, bad) == (0, 3)
+
+    # The bootstrap finds a clear shift and no shift where there is none.
+    a = np.zeros(50)
+    assert paired_bootstrap(a, a + 1)["p_value"] < 0.01
+    same = paired_bootstrap(a, np.tile([1.0, -1.0], 25))
+    assert same["ci_low"] < 0 < same["ci_high"] and same["p_value"] > 0.5
