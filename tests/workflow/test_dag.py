@@ -71,6 +71,9 @@ def test_every_dvc_output_is_produced_by_the_workflow(workdir):
     produced_by_rule = {
         f"{config['paths']['results']}/base": f"{config['paths']['results']}/base/tiny-ja",
         f"{config['paths']['results']}/shards": None,  # after the checkpoint: see the e2e test
+        f"{config['paths']['results']}/eval/versions": (
+            f"{config['paths']['results']}/eval/versions/sft.json"
+        ),
     }
     for out in outs:
         target = produced_by_rule.get(out, out)
