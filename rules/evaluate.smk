@@ -60,7 +60,7 @@ rule evaluate_version:
         origin=chosen_base_dir,
     output:
         record=f"{R}/eval/versions/{{version}}.json",
-        items=f"{R}/eval/versions/{{version}}.items.parquet",
+        item_scores=f"{R}/eval/versions/{{version}}.items.parquet",
     params:
         jcqa_max_items=config["data"]["jcqa"]["max_items"],
         # The window base selection used, so bits per character compare across stages.

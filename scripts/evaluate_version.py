@@ -13,7 +13,7 @@ with log_to(snakemake.log[0]):  # noqa: F821
         snakemake.input.jcqa,  # noqa: F821
         snakemake.input.evaluator,  # noqa: F821
         snakemake.output.record,  # noqa: F821
-        items_output=snakemake.output["items"],  # noqa: F821
+        items_output=snakemake.output.item_scores,  # noqa: F821
         jcqa_max_items=p.jcqa_max_items,
         ppl_seq_len=p.ppl_seq_len,
         trust_remote_code=p.trust_remote_code,
