@@ -30,11 +30,13 @@ rule all:
         EVAL_TABLE,
         SELECTION_TABLE,
         CORPUS_SELECTED,
+        CORPUS_EMBED_CHECK,
 
 
 rule corpus:
     input:
         CORPUS_SELECTED,
+        CORPUS_EMBED_CHECK,
 
 
 rule selection:

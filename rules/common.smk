@@ -13,7 +13,20 @@ VERSIONS = config["evaluate"]["versions"]
 CORPUS_DOCS = f"{R}/corpus/docs.parquet"
 CORPUS_CLEAN = f"{R}/corpus/clean.parquet"
 CORPUS_STATS = f"{R}/corpus/stats.json"
+CORPUS_DROPPED_SAMPLES = f"{R}/corpus/dropped_samples.jsonl"
 CORPUS_SELECTED = f"{R}/corpus/selected.parquet"
+CORPUS_SELECTION = f"{R}/corpus/selection.json"
+CORPUS_SELECTION_HIST = f"{R}/corpus/selection_hist.png"
+CORPUS_SELECTION_REPORT = f"{R}/corpus/selection_report.md"
+CORPUS_EMBED_CHECK = f"{R}/corpus/embedding_check.json"
+EMBEDDER_STATE = f"{R}/corpus/embedder.npz"
+SEED_EMBEDDINGS = f"{R}/corpus/embeddings/seeds.npy"
+# The cleaned corpus in config corpus.parts.n parts ("000-of-002", ...), one embed job each.
+N_PARTS = config["corpus"]["parts"]["n"]
+CORPUS_PARTS = [f"{i:03d}-of-{N_PARTS:03d}" for i in range(N_PARTS)]
+# Only the sentence-transformers backend runs a neural model (GPU where there is one).
+EMBED_GPU = 1 if config["corpus"]["select"]["backend"] == "sentence-transformers" else 0
+CHECK_GPU = 1 if "sentence-transformers" in config["corpus"]["select"]["check"]["backends"] else 0
 DOMAIN_SEED = f"{R}/data/domain_seed.parquet"
 DOMAIN_HELDOUT = f"{R}/data/domain_heldout.parquet"
 SFT_CANDIDATES = f"{R}/data/sft_candidates.parquet"
@@ -37,6 +50,7 @@ wildcard_constraints:
     candidate="|".join(CANDIDATES),
     version="|".join(["base", "cpt", "sft", "sft-gptq"]),
     tokenizer="[A-Za-z0-9._-]+",
+    part="[0-9]+-of-[0-9]+",
 
 
 def chosen_base(wildcards=None):
@@ -117,3 +131,13 @@ def chosen_base_setting(key, default=None):
         return CANDIDATE_SPECS[chosen_base()].get(key, default)
 
     return get
+
+
+def part_embeddings(wildcards=None):
+    """The cached embeddings of every corpus part, in part order (select_domain's input)."""
+    return [f"{R}/corpus/embeddings/{p}.npy" for p in CORPUS_PARTS]
+
+
+def part_ids(wildcards=None):
+    """The id tables of every corpus part, in part order."""
+    return [f"{R}/corpus/embeddings/{p}.ids.parquet" for p in CORPUS_PARTS]

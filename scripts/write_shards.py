@@ -9,4 +9,6 @@ with log_to(snakemake.log[0]):  # noqa: F821
         snakemake.input.tokenizer,  # noqa: F821
         snakemake.output[0],  # noqa: F821
         tokens_per_shard=snakemake.params.tokens_per_shard,  # noqa: F821
+        validation_fraction=snakemake.params.validation_fraction,  # noqa: F821
+        seed=snakemake.params.seed,  # noqa: F821
     )

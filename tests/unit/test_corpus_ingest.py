@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bz2
+import functools
+import gzip
 import json
 import lzma
 import re
@@ -298,3 +300,344 @@ def test_record_sources_and_their_errors(tmp_path):
             [{"name": "j", "format": "jsonl", "path": str(jl), "lang": "ja"}] * 2,
             str(tmp_path / "x.parquet"),
         )
+
+
+# --------------------------------------------------------------------------- formats
+
+JA_DUMP = SAMPLES / "wiki_dumps" / "wp2txt_testdata_ja.xml.bz2"
+
+
+def ner_items(n: int = 40) -> list[dict]:
+    """Real Japanese Wikipedia sentences (stockmark NER) with their page ids."""
+    items = json.loads(NER.read_text(encoding="utf-8"))[:n]
+    return [{"text": i["text"], "curid": i["curid"]} for i in items]
+
+
+def ingest_one(tmp_path, source: dict, name: str = "out", others: tuple = ()):
+    """Ingest one source (before ``others``); return (its docs, its stats)."""
+    out = tmp_path / f"{name}.parquet"
+    stats = tmp_path / f"{name}_stats.json"
+    ingest_corpus([{"name": "s", "lang": "ja", **source}, *others], str(out), stats=str(stats))
+    docs = pl.read_parquet(out).filter(pl.col("source") == "s")
+    return docs, json.loads(stats.read_text())["sources"]["s"]
+
+
+def assert_adds_up(stats: dict) -> None:
+    assert stats["read"] == stats["kept"] + sum(stats["dropped"].values())
+
+
+def test_jsonl_gz_source(tmp_path):
+    items = ner_items()
+    path = tmp_path / "ner.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+    docs, stats = ingest_one(tmp_path, {"format": "jsonl", "path": str(path), "id_field": "curid"})
+    assert docs["text"].to_list() == [i["text"] for i in items]
+    assert docs["id"][0] == f"s/{items[0]['curid']}" and docs["id"].n_unique() == len(items)
+    assert stats["read"] == stats["kept"] == len(items) and stats["dropped"] == {}
+
+
+def test_parquet_source_is_read_in_row_batches(tmp_path):
+    from domainllm.corpus.readers import _iter_parquet
+
+    items = ner_items(50)
+    path = tmp_path / "ner.parquet"
+    pl.DataFrame(
+        {"body": [i["text"] for i in items], "page": [i["curid"] for i in items]}
+    ).write_parquet(path, row_group_size=8)
+    source = {"format": "parquet", "path": str(path), "text_field": "body", "id_field": "page"}
+    rows = list(_iter_parquet(source, SourceStats(), ["body"], "corpus.sources[0]", batch=7))
+    assert [w for w, _ in rows] == [f"row {i}" for i in range(1, 51)]
+    assert [r["body"] for _, r in rows] == [i["text"] for i in items]
+    docs, stats = ingest_one(tmp_path, source)
+    assert docs["text"].to_list() == [i["text"] for i in items] and stats["kept"] == 50
+    # A column that is not text is named with its config key.
+    bad = tmp_path / "ints.parquet"
+    pl.DataFrame({"text": [1, 2]}).write_parquet(bad)
+    with pytest.raises(DataError, match=r"ints\.parquet: column 'text' is int64.*text_field"):
+        ingest_one(tmp_path, {"format": "parquet", "path": str(bad)})
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"broken\.parquet: not a readable Parquet file"):
+        ingest_one(tmp_path, {"format": "parquet", "path": str(broken)})
+
+
+def test_text_dir_source_reads_txt_files_recursively_in_order(tmp_path):
+    items = ner_items(6)
+    root = tmp_path / "texts"
+    files = ["b.txt", "a.txt", "sub/z.txt", "sub/deeper/c.txt", "sub/y.txt", "a2.txt"]
+    for rel, item in zip(files, items, strict=True):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(item["text"] + "\n", encoding="utf-8")
+    (root / "notes.md").write_text("not a text file", encoding="utf-8")
+    (root / ".hidden.txt").write_text("hidden", encoding="utf-8")
+    (root / "empty.txt").write_text("  \n", encoding="utf-8")
+    docs, stats = ingest_one(tmp_path, {"format": "text_dir", "path": str(root)})
+    order = ["a.txt", "a2.txt", "b.txt", "sub/y.txt", "sub/z.txt", "sub/deeper/c.txt"]
+    assert docs["id"].to_list() == [f"s/{p}" for p in order]
+    by_file = dict(zip(files, items, strict=True))
+    assert docs["text"].to_list() == [by_file[p]["text"] + "\n" for p in order]
+    assert docs["title"].to_list() == [Path(p).stem for p in order]
+    assert stats["dropped"] == {"empty": 1} and stats["read"] == 7
+    with pytest.raises(DataError, match=r"a\.txt: not a folder \(config key corpus\.sources\[0\]"):
+        ingest_one(tmp_path, {"format": "text_dir", "path": str(root / "a.txt")})
+
+
+def test_hf_dataset_source(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    items = ner_items(30)
+    ds = Dataset.from_dict(
+        {"sentence": [i["text"] for i in items], "page": [i["curid"] for i in items]}
+    )
+    ds.save_to_disk(str(tmp_path / "one"))
+    source = {"format": "hf_dataset", "text_field": "sentence", "id_field": "page"}
+    docs, stats = ingest_one(tmp_path, {**source, "path": str(tmp_path / "one")})
+    assert docs["text"].to_list() == [i["text"] for i in items] and stats["kept"] == 30
+    assert docs["id"][0] == f"s/{items[0]['curid']}"
+    DatasetDict({"train": ds.select(range(20)), "test": ds.select(range(20, 30))}).save_to_disk(
+        str(tmp_path / "two")
+    )
+    docs, _ = ingest_one(tmp_path, {**source, "path": str(tmp_path / "two"), "split": "test"})
+    assert docs["text"].to_list() == [i["text"] for i in items[20:]]
+    with pytest.raises(DataError, match=r"split None not found \(config key .*split; splits: "):
+        ingest_one(tmp_path, {**source, "path": str(tmp_path / "two")})
+    with pytest.raises(DataError, match=r"no column\(s\) body .*columns: sentence, page"):
+        ingest_one(tmp_path, {**source, "path": str(tmp_path / "one"), "text_field": "body"})
+
+
+def test_mediawiki_xz_made_from_the_shipped_dump(tmp_path):
+    xml = bz2.decompress(JA_DUMP.read_bytes())
+    xz = tmp_path / "jawiki.xml.xz"
+    xz.write_bytes(lzma.compress(xml, preset=0))
+    plain = tmp_path / "jawiki.xml"
+    plain.write_bytes(xml)
+    outs = [
+        ingest_one(tmp_path, {"format": "mediawiki", "path": str(p), "limit": 15}, name=p.name)
+        for p in (JA_DUMP, xz, plain)
+    ]
+    assert outs[0][0].height == 15 and all(
+        d[0].drop("id").equals(outs[0][0].drop("id")) for d in outs
+    )
+    assert outs[0][0]["id"].to_list() == outs[1][0]["id"].to_list()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def write_jsonl_lines(path: Path, lines: list[bytes], opener=open) -> None:
+    with opener(path, "wb") as f:
+        f.write(b"".join(line + b"\n" for line in lines))
+
+
+def good_lines(n: int = 12) -> list[bytes]:
+    return [json.dumps(i, ensure_ascii=False).encode() for i in ner_items(n)]
+
+
+def no_leftovers(tmp_path, name: str = "out") -> bool:
+    return not list(tmp_path.glob(f"{name}.parquet*")) and not list(tmp_path.glob(f".{name}.*"))
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason", "message"),
+    [
+        (b'{"text": "\xe6\x97\xa5\xff\xfe"}', "invalid_utf8", r"not valid UTF-8"),
+        (b'{"text": "unterminated', "malformed_json", r"invalid JSON"),
+        (b'["not", "an", "object"]', "not_object", r"expected an object, got list"),
+        (b'{"body": "no text field"}', "missing_field", r"no field 'text' \(config key"),
+        (b'{"text": 42}', "bad_type", r"field 'text' is int, not a string"),
+    ],
+)
+def test_bad_jsonl_lines_error_or_are_counted(tmp_path, bad_line, reason, message):
+    lines = good_lines()
+    lines[4] = lines[9] = bad_line
+    path = tmp_path / "bad.jsonl"
+    write_jsonl_lines(path, lines)
+    with pytest.raises(DataError, match=rf"bad\.jsonl:5: {message}"):
+        ingest_one(tmp_path, {"format": "jsonl", "path": str(path)})
+    assert no_leftovers(tmp_path)
+    docs, stats = ingest_one(tmp_path, {"format": "jsonl", "path": str(path), "on_error": "skip"})
+    assert docs.height == 10 and stats["kept"] == 10
+    assert stats["dropped"] == {f"skipped_{reason}": 2}
+    assert stats["skipped_examples"] == {f"skipped_{reason}": [5, 10]}
+    assert_adds_up(stats)
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_truncated_compressed_jsonl(tmp_path, suffix):
+    bz2_small_blocks = functools.partial(bz2.open, compresslevel=1)
+    openers = {".gz": gzip.open, ".bz2": bz2_small_blocks, ".xz": lzma.open}
+    whole = tmp_path / f"whole.jsonl{suffix}"
+    write_jsonl_lines(whole, good_lines(3000), openers[suffix])
+    cut = tmp_path / f"cut.jsonl{suffix}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        DataError, match=rf"cut\.jsonl\{suffix}:\d+: truncated or corrupt compressed"
+    ):
+        ingest_one(tmp_path, {"format": "jsonl", "path": str(cut)})
+    assert no_leftovers(tmp_path)
+    docs, stats = ingest_one(tmp_path, {"format": "jsonl", "path": str(cut), "on_error": "skip"})
+    # Every line before the break is kept, in order; the break is one counted skip.
+    assert stats["dropped"] == {"skipped_corrupt_compressed": 1}
+    assert stats["skipped_examples"]["skipped_corrupt_compressed"] == [docs.height + 1]
+    texts = [i["text"] for i in ner_items(3000)]
+    assert docs["text"].to_list() == texts[: docs.height] and 0 < docs.height < 3000
+    assert_adds_up(stats)
+    garbage = tmp_path / f"garbage.jsonl{suffix}"
+    garbage.write_bytes(b"this is not compressed data at all\n" * 20)
+    with pytest.raises(DataError, match=r"garbage\.jsonl.*:1: truncated or corrupt compressed"):
+        ingest_one(tmp_path, {"format": "jsonl", "path": str(garbage)})
+
+
+def test_corrupt_compressed_dump(tmp_path):
+    garbage = tmp_path / "dump.xml.bz2"
+    garbage.write_bytes(b"BZh9" + bytes(range(256)) * 8)
+    with pytest.raises(DataError, match=r"dump\.xml\.bz2: not a readable compressed file"):
+        ingest_one(tmp_path, {"format": "mediawiki", "path": str(garbage)})
+    other = {"name": "t", "format": "json", "path": str(NER), "lang": "ja", "limit": 3}
+    docs, stats = ingest_one(
+        tmp_path, {"format": "mediawiki", "path": str(garbage), "on_error": "skip"}, others=[other]
+    )
+    assert stats["dropped"] == {"skipped_corrupt_compressed": 1} and docs.height == 0
+    # A dump cut short inside the compressed stream keeps every complete page.
+    data = JA_DUMP.read_bytes()
+    cut = tmp_path / "cut.xml.bz2"
+    cut.write_bytes(data[: len(data) // 3])
+    docs, stats = ingest_one(tmp_path, {"format": "mediawiki", "path": str(cut)})
+    assert stats["truncated"] and docs.height > 20
+    assert_adds_up(stats)
+
+
+def test_malformed_xml_with_on_error_skip_keeps_earlier_pages(tmp_path):
+    bad = tmp_path / "bad.xml"
+    bad.write_text(MINI_DUMP.replace("<ns>1</ns>", "<ns>1</nz>"), encoding="utf-8")
+    docs, stats = ingest_one(
+        tmp_path, {"format": "mediawiki", "path": str(bad), "on_error": "skip"}
+    )
+    assert docs["title"].to_list() == ["記事"]
+    assert stats["dropped"] == {"skipped_malformed_xml": 1}
+    assert stats["skipped_examples"] == {"skipped_malformed_xml": [16]}
+    assert any("bad.xml:16:" in n for n in stats["notes"])
+    assert_adds_up(stats)
+
+
+def test_invalid_utf8_in_other_formats(tmp_path):
+    items = ner_items(5)
+    arr = tmp_path / "a.json"
+    body = ",\n".join(json.dumps(i, ensure_ascii=False) for i in items).encode()
+    arr.write_bytes(b"[\n" + body.replace(b"SPRiNGS", b"SPR\xffNGS") + b"\n]\n")
+    with pytest.raises(DataError, match=r"a\.json:2: not valid UTF-8"):
+        ingest_one(tmp_path, {"format": "json", "path": str(arr)})
+    docs, stats = ingest_one(tmp_path, {"format": "json", "path": str(arr), "on_error": "skip"})
+    assert docs["text"].to_list() == [i["text"] for i in items[1:]]
+    assert stats["dropped"] == {"skipped_invalid_utf8": 1}
+    assert stats["skipped_examples"] == {"skipped_invalid_utf8": [2]}
+    root = tmp_path / "texts"
+    root.mkdir()
+    (root / "good.txt").write_text(items[0]["text"], encoding="utf-8")
+    (root / "bad.txt").write_bytes("一行目\n二行目".encode() + b"\xff\n")
+    with pytest.raises(DataError, match=r"bad\.txt:2: not valid UTF-8"):
+        ingest_one(tmp_path, {"format": "text_dir", "path": str(root)})
+    docs, stats = ingest_one(
+        tmp_path, {"format": "text_dir", "path": str(root), "on_error": "skip"}
+    )
+    assert docs["id"].to_list() == ["s/good.txt"]
+    assert stats["skipped_examples"] == {"skipped_invalid_utf8": ["bad.txt:2"]}
+
+
+def test_empty_source_is_an_error_or_a_counted_skip(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    (tmp_path / "none").mkdir()
+    good = tmp_path / "good.jsonl"
+    write_jsonl_lines(good, good_lines(3))
+    for source in (
+        {"format": "jsonl", "path": str(empty)},
+        {"format": "json", "path": str(empty)},
+        {"format": "text_dir", "path": str(tmp_path / "none")},
+    ):
+        with pytest.raises(DataError, match=r"empty source: no records \(config key corpus"):
+            ingest_one(tmp_path, source)
+    out = tmp_path / "docs.parquet"
+    ingest_corpus(
+        [
+            {"name": "e", "format": "jsonl", "path": str(empty), "lang": "ja", "on_error": "skip"},
+            {"name": "g", "format": "jsonl", "path": str(good), "lang": "ja"},
+        ],
+        str(out),
+    )
+    stats = json.loads((tmp_path / "docs_stats.json").read_text())["sources"]
+    assert stats["e"]["skipped_empty_source"] == 1 and stats["e"]["read"] == 0
+    assert pl.read_parquet(out)["source"].to_list() == ["g"] * 3
+
+
+# --------------------------------------------------------------------------- XML safety
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE mediawiki [
+  <!ENTITY lol "lol">
+  <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+  <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+  <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+  <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
+  <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
+  <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
+  <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
+  <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
+]>
+<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/">
+  <page><title>Lol</title><ns>0</ns><id>1</id><revision><text>&lol9;</text></revision></page>
+</mediawiki>
+"""
+
+EXTERNAL_ENTITY = """<?xml version="1.0"?>
+<!DOCTYPE mediawiki [<!ENTITY secret SYSTEM "file:///etc/hostname">]>
+<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/">
+  <page><title>X</title><ns>0</ns><id>1</id><revision><text>&secret;</text></revision></page>
+</mediawiki>
+"""
+
+
+@pytest.mark.parametrize("dump", [BILLION_LAUGHS, EXTERNAL_ENTITY])
+@pytest.mark.parametrize("on_error", ["error", "skip"])
+def test_dumps_with_entities_are_refused_not_expanded(tmp_path, dump, on_error):
+    path = tmp_path / "evil.xml"
+    path.write_text(dump, encoding="utf-8")
+    with pytest.raises(DataError, match=r"evil\.xml:2: a document type declaration \(DTD\)"):
+        ingest_one(tmp_path, {"format": "mediawiki", "path": str(path), "on_error": on_error})
+    assert no_leftovers(tmp_path)
+    # Without the DTD the references are undefined entities: an error, still nothing expanded.
+    body = "\n".join(
+        line for line in dump.splitlines() if "ENTITY" not in line and "]>" not in line
+    )
+    path.write_text(body.replace("<!DOCTYPE mediawiki [", ""), encoding="utf-8")
+    with pytest.raises(DataError, match=r"evil\.xml:\d+:\d+: malformed XML: undefined entity"):
+        ingest_one(tmp_path, {"format": "mediawiki", "path": str(path)})
+
+
+def test_skips_record_only_the_first_few_lines(tmp_path):
+    lines = good_lines(30)
+    for i in range(2, 30, 3):  # lines 3, 6, ..., 30
+        lines[i] = b"{broken"
+    path = tmp_path / "many.jsonl"
+    write_jsonl_lines(path, lines)
+    docs, stats = ingest_one(tmp_path, {"format": "jsonl", "path": str(path), "on_error": "skip"})
+    assert stats["dropped"] == {"skipped_malformed_json": 10} and docs.height == 20
+    assert stats["skipped_examples"] == {"skipped_malformed_json": [3, 6, 9, 12, 15]}
+
+
+def test_ingest_is_deterministic(tmp_path):
+    root = tmp_path / "texts"
+    for i, item in enumerate(ner_items(30)):
+        (root / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 3}" / f"{i:02d}.txt").write_text(item["text"], encoding="utf-8")
+    sources = [
+        {"name": "t", "format": "text_dir", "path": str(root), "lang": "ja"},
+        {"name": "n", "format": "json", "path": str(NER), "lang": "ja", "limit": 50},
+        {"name": "w", "format": "mediawiki", "path": str(JA_TRUNC), "lang": "ja", "limit": 5},
+    ]
+    for name in ("a", "b"):
+        ingest_corpus(sources, str(tmp_path / f"{name}.parquet"), stats=str(tmp_path / "s.json"))
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()

@@ -1,8 +1,10 @@
 """Ingest raw corpora into one document table: ``docs.parquet`` + ``docs_stats.json``.
 
 Each source of ``corpus.sources`` is streamed by the reader registered for its
-format (see ``domainllm.corpus.readers``). Documents are written in batches to
-Parquet parts and merged at the end, so memory does not grow with the corpus.
+format (see ``domainllm.corpus.readers``: mediawiki, jsonl, json, parquet,
+text_dir, hf_dataset). Documents are written in batches to Parquet parts and
+merged at the end, so memory does not grow with the corpus; on any error the
+parts are removed and no output is written.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from domainllm.corpus.readers import SourceStats, get_reader
+from domainllm.corpus.readers import SourceStats, get_reader, skipping
 from domainllm.errors import DataError, PipelineError
 from domainllm.io import atomic_path, write_json
 
@@ -32,17 +34,20 @@ def ingest_corpus(sources: list[dict], output: str, stats: str | None = None) ->
 
     Args:
         sources: the ``corpus.sources`` entries (name, format, path, lang, and
-            optionally text_field, id_field, title_field, limit).
+            optionally text_field, id_field, title_field, split, limit, on_error).
         output: the Parquet file (columns id, source, title, text, lang); ids are
             ``<source>/<key>`` (a page id, a record id or a record number).
         stats: where the per-source statistics go (default: ``docs_stats.json``
             next to ``output``): pages/records read, kept, dropped per reason, and
-            whether the input was truncated.
+            whether the input was truncated; records skipped under
+            ``on_error: skip`` appear as ``skipped_<reason>`` drops with
+            ``skipped_examples`` (where the first few were).
 
     Raises:
         PipelineError: a duplicate source name, or no document at all.
-        DataError: unreadable input or a duplicate document id within a source,
-            naming the file (and line where known).
+        DataError: unreadable input, an empty source (unless ``on_error: skip``)
+            or a duplicate document id within a source, naming the file (and
+            line where known).
     """
     import polars as pl
     from tqdm import tqdm
@@ -98,7 +103,15 @@ def ingest_corpus(sources: list[dict], output: str, stats: str | None = None) ->
                     if limit is not None and st.kept >= limit:
                         st.notes.append(f"stopped at limit={limit} ({key}.limit)")
                         break
+            if st.read == 0:
+                msg = f"{path}: empty source: no records (config key {key}.path)"
+                if not skipping(source):
+                    raise DataError(msg)
+                st.notes.append(f"{msg}; skipped (on_error: skip)")
+                log.warning("%s; skipped (on_error: skip)", msg)
             entry = {"format": fmt, "path": str(path), "lang": source["lang"], **st.as_dict()}
+            if st.read == 0:
+                entry["skipped_empty_source"] = 1
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             report["sources"][name] = entry
             report["total_docs"] += st.kept
