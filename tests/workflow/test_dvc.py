@@ -1,0 +1,105 @@
+"""DVC reproduces the workflow: repro, no-op rerun, param change, experiments, push/pull.
+
+Runs the real `dvc` on a fresh git repository holding a copy of the project
+with config/test.yaml as its config (slow: the whole tiny chain runs once).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def sh(*cmd: str, cwd: Path, timeout: int = 1800) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("dvc") / "project"
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("tests/", "bench/")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    shutil.copy2(REPO / "config/test.yaml", dest / "config/config.yaml")
+    sh("git", "init", "-q", cwd=dest)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=dest)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init", cwd=dest)
+    sh("dvc", "repro", cwd=dest, timeout=3000)
+    return dest
+
+
+def test_repro_builds_the_metrics(project):
+    metrics = project / "results/eval/metrics.json"
+    assert metrics.exists()
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"corpus", "selection", "cpt", "sft", "quantize", "evaluate"}
+
+
+def test_second_repro_does_nothing_and_is_fast(project):
+    t0 = time.perf_counter()
+    out = sh("dvc", "repro", cwd=project)
+    assert "Running stage" not in out, out
+    assert time.perf_counter() - t0 < 60
+
+
+def test_an_evaluation_param_reruns_only_evaluation(project):
+    cfg_path = project / "config/config.yaml"
+    original = cfg_path.read_text()
+    cfg = yaml.safe_load(original)
+    cfg["generate"]["max_new_tokens"] = 8
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    try:
+        status = sh("dvc", "status", cwd=project)
+        assert "evaluate" in status and "corpus:" not in status and "cpt:" not in status
+        out = sh("dvc", "repro", cwd=project)
+        assert "Running stage 'evaluate'" in out
+        for stage in ("corpus", "selection", "cpt", "sft", "quantize"):
+            assert f"Running stage '{stage}'" not in out
+    finally:
+        cfg_path.write_text(original)
+        sh("dvc", "repro", cwd=project)
+
+
+def test_experiment_with_a_set_param(project):
+    sh("dvc", "exp", "run", "-S", "config/config.yaml:generate.max_new_tokens=4", cwd=project)
+    shown = sh("dvc", "exp", "show", "--no-pager", "--md", cwd=project)
+    assert "max_new_tokens" in shown or "generate.max_new_tokens" in shown
+
+
+def test_push_and_pull_through_a_local_remote(project, tmp_path):
+    remote = tmp_path / "remote"
+    sh("dvc", "remote", "add", "-f", "-d", "local", str(remote), cwd=project)
+    sh("dvc", "push", cwd=project)
+    table = project / "results/eval/table.parquet"
+    before = table.read_bytes()
+    table.unlink()
+    shutil.rmtree(project / ".dvc/cache")
+    sh("dvc", "pull", cwd=project)
+    assert table.read_bytes() == before
