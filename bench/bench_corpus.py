@@ -87,26 +87,16 @@ class Timer:
 
 
 def build_tokenizer(folder: Path, vocab_size: int = 8000) -> Path:
-    """A byte-level BPE tokenizer (tokenizer.json + eos </s>) trained on the sample sentences."""
+    """The pipeline's byte-level BPE tokenizer (models.build), trained on the sample sentences."""
     from synth_corpus import sentence_pools
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from domainllm.models.build import train_tokenizer
 
     if (folder / "tokenizer.json").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     ja, en = sentence_pools()
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(ja + en, trainer)
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    train_tokenizer(ja + en, vocab_size).save_pretrained(folder)
     return folder
 
 

@@ -35,22 +35,10 @@ def sentences(n: int) -> list[str]:
 
 def save_bpe(folder: Path, texts: list[str], vocab_size: int = 600) -> Path:
     """A byte-level BPE tokenizer folder like the ones the pipeline builds."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tests.unit._tiny_lm import build_tokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
     folder.mkdir(parents=True)
-    tok.save(str(folder / "tokenizer.json"))
-    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    build_tokenizer(texts, vocab_size, chat_template=False).save_pretrained(folder)
     return folder
 
 
