@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="validate a config file against config/schema.yaml")
     p.add_argument("config")
     p.add_argument("--print", action="store_true", help="print the config with defaults filled")
+    p.add_argument("--schema", help="schema file (default: config/schema.yaml of this checkout)")
     d = sub.add_parser(
         "diff",
         help="compare two model versions ([RUN_FOLDER_OR_GIT_REV:]VERSION each)",
@@ -43,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "validate":
-            from domainllm.config import load_config
+            from domainllm.config import SCHEMA_PATH, load_config
 
-            cfg = load_config(args.config)
+            cfg = load_config(args.config, schema_path=args.schema or SCHEMA_PATH)
             if args.print:
                 import yaml
 

@@ -61,6 +61,11 @@ def validate_config(
     """
     import jsonschema
 
+    if not Path(schema_path).is_file():
+        raise ConfigError(
+            f"schema {schema_path} not found: run from a checkout of the workflow or pass its "
+            "config/schema.yaml explicitly"
+        )
     schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(config).__name__}")

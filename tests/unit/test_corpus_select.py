@@ -273,36 +273,26 @@ def test_stale_or_mismatched_embeddings_are_refused(files, tmp_path):
 
     emb = tmp_path / "emb"
     shutil.copytree(embed(files, 2, name="emb-stale"), emb)
+
+    def select(parts: list[str]) -> None:
+        select_domain(
+            str(files / "clean.parquet"),
+            str(emb / "seeds.npy"),
+            [str(emb / f"{p}.npy") for p in parts],
+            [str(emb / f"{p}.ids.parquet") for p in parts],
+            str(tmp_path / "o.parquet"),
+            str(tmp_path / "o.json"),
+        )
+
     ids = pl.read_parquet(emb / "001-of-002.ids.parquet")
     ids.reverse().write_parquet(emb / "001-of-002.ids.parquet")
     with pytest.raises(DataError, match=r"001-of-002\.ids\.parquet: ids differ .* stale"):
-        select_domain(
-            str(files / "clean.parquet"),
-            str(emb / "seeds.npy"),
-            [str(emb / f"{p}.npy") for p in part_names(2)],
-            [str(emb / f"{p}.ids.parquet") for p in part_names(2)],
-            str(tmp_path / "o.parquet"),
-            str(tmp_path / "o.json"),
-        )
+        select(part_names(2))
     with pytest.raises(DataError, match=r"the embedding parts cover"):
-        select_domain(
-            str(files / "clean.parquet"),
-            str(emb / "seeds.npy"),
-            [str(emb / "000-of-002.npy")],
-            [str(emb / "000-of-002.ids.parquet")],
-            str(tmp_path / "o.parquet"),
-            str(tmp_path / "o.json"),
-        )
+        select(["000-of-002"])
     np.save(emb / "seeds.npy", np.ones((3, 5), dtype=np.float32))
     with pytest.raises(DataError, match=r"dimension 32, but the seeds'"):
-        select_domain(
-            str(files / "clean.parquet"),
-            str(emb / "seeds.npy"),
-            [str(emb / f"{p}.npy") for p in part_names(2)],
-            [str(emb / f"{p}.ids.parquet") for p in part_names(2)],
-            str(tmp_path / "o.parquet"),
-            str(tmp_path / "o.json"),
-        )
+        select(part_names(2))
     assert not (tmp_path / "o.parquet").exists()
 
 

@@ -64,3 +64,11 @@ def test_snakemake_refuses_a_bad_config_with_the_key(tmp_path):
     proc = snakemake("-n", "--cores", "1", "--configfile", str(path), check=False)
     assert proc.returncode != 0
     assert "generate.temprature" in proc.stdout + proc.stderr
+
+
+def test_cli_validates_and_names_a_missing_schema(tmp_path, capsys):
+    from domainllm.cli import main
+
+    assert main(["validate", str(REPO / "config" / "test.yaml")]) == 0
+    assert main(["validate", str(REPO / "config" / "test.yaml"), "--schema", str(tmp_path)]) == 1
+    assert "schema" in capsys.readouterr().err
