@@ -88,9 +88,18 @@ def test_an_evaluation_param_reruns_only_evaluation(project):
 
 
 def test_experiment_with_a_set_param(project):
+    import polars as pl
+
     sh("dvc", "exp", "run", "-S", "config/config.yaml:generate.max_new_tokens=4", cwd=project)
+    # The experiment really ran with the new value: every answer is at most 4 tokens.
+    gens = pl.read_parquet(project / "results/generations/sft.parquet")
+    assert gens["output_tokens"].max() <= 4
+    assert (
+        yaml.safe_load((project / "config/config.yaml").read_text())["generate"]["max_new_tokens"]
+        == 4
+    )
     shown = sh("dvc", "exp", "show", "--no-pager", "--md", cwd=project)
-    assert "max_new_tokens" in shown or "generate.max_new_tokens" in shown
+    assert "max_new_tokens" in shown
 
 
 def test_push_and_pull_through_a_local_remote(project, tmp_path):
