@@ -641,3 +641,33 @@ def test_ingest_is_deterministic(tmp_path):
     for name in ("a", "b"):
         ingest_corpus(sources, str(tmp_path / f"{name}.parquet"), stats=str(tmp_path / "s.json"))
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_wiki_tables_are_dropped_even_where_the_parser_keeps_them_as_text():
+    # Shapes from the shipped jawiki dump: a caption with unclosed bold (the
+    # parser gives up on the table), a table inside a <div>, a nested table, and
+    # the cell line left over when the table's opening line was in a template.
+    conv = WikiTextConverter()
+    markup = (
+        "前文。\n\n"
+        '{| class="wikitable sortable" style="text-align:right"\n'
+        "|+'''栃木県及び県内主要市町 人口密度\n"
+        "!県市町!!総人口\n|-\n|宇都宮市||518,594\n|}\n"
+        '中文。\n<div style="font-size: 90%">\n{| class="wikitable"\n| a\n'
+        "{|\n| nested\n|}\n| b\n|}\n</div>\n"
+        "{{Infobox animanga/Manga\n| 作者 = 高橋\n}}\n"
+        '| colspan="2" style="padding: 0;"|\n'
+        "後文。"
+    )
+    text = conv(markup)
+    assert text == "前文。\n\n中文。\n\n後文。", text
+    # A line that starts with a pipe but says something is not mistaken for attributes.
+    assert conv("| 本文の行") == "| 本文の行"
+    # An unbalanced layout tag the parser leaves as text (enwiki "Alkali metal").
+    assert conv('Nuclear\n<div style="float: right;">\nAll the alkali metals') == (
+        "Nuclear\n\nAll the alkali metals"
+    )
+    # An unbalanced layout tag the parser leaves as text (enwiki "Alkali metal").
+    assert conv('Nuclear\n<div style="float: right;">\nAll the alkali metals') == (
+        "Nuclear\n\nAll the alkali metals"
+    )

@@ -41,6 +41,8 @@ _INTERLANG = re.compile(r"^[a-z]{2,3}(?:-[a-z0-9]+)*$")
 _MAGIC = re.compile(r"__[A-Z]+__")
 _EMPTY_PARENS = re.compile(r"[(（][\s,，、;；:：]*[)）]")
 _LEFTOVER = re.compile(r"\{\{|\}\}|\[\[|\]\]|\{\||\|\}|'''?")
+# Layout tags the parser leaves as text when they are unbalanced.
+_STRAY_TAG = re.compile(r"</?(?:div|span|center|font|small|big|table|tr|td|th)\b[^<>]*>", re.I)
 _BLANK_LINES = re.compile(r"\n{3,}")
 _SPACES = re.compile(r"[ \t]{2,}")
 _REDIRECT = re.compile(r"^\s*#\s*(redirect|転送|リダイレクト)", re.IGNORECASE)
@@ -49,6 +51,11 @@ _TEMPLATE_HEAD = re.compile(r"\{\{\s*([^|{}]*)")
 _BRACES = re.compile(r"\{\{|\}\}")
 _COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
 _REF = re.compile(r"<ref\b[^>]*?/>|<ref\b[^>]*>.*?</ref\s*>", re.S | re.I)
+# A line of table-cell attributes left over from a table whose opening line was in a
+# removed template, e.g. `| colspan="2" style="padding: 0;"|`.
+_CELL_ATTRIBUTES = re.compile(
+    r"""^[|!](?:\s*[\w-]+\s*=\s*(?:"[^"]*"|'[^']*'|[^\s|"']+))+\s*\|?\s*$"""
+)
 _PLACEHOLDER = "\ue000"  # a private-use character (NUL would end the C tokenizer)
 
 # Templates that mark a disambiguation page (normalised: lower case, "_" -> " ").
@@ -283,7 +290,31 @@ def prestrip(markup: str) -> str:
                     out.append(_PLACEHOLDER)
                     last = m.end()
     out.append(markup[last:])
-    return "".join(out)
+    return strip_tables("".join(out))
+
+
+def strip_tables(markup: str) -> str:
+    """Remove wiki tables (``{|`` ... ``|}`` lines, nested ones included).
+
+    Tables are not running text and are dropped anyway; cutting them by line
+    before the parse also drops tables that mwparserfromhell leaves as text
+    (e.g. a caption with unclosed bold markup). An unclosed table runs to the
+    end of the page, as MediaWiki renders it.
+    """
+    if "{|" not in markup:
+        return markup
+    out: list[str] = []
+    depth = 0
+    for line in markup.split("\n"):
+        s = line.lstrip()
+        if s.startswith("{|"):
+            depth += 1
+        elif depth:
+            if s.startswith("|}"):
+                depth -= 1
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def _plain(code) -> str:
@@ -294,12 +325,15 @@ def _tidy(text: str) -> str:
     text = text.replace(_PLACEHOLDER, "")
     text = _MAGIC.sub("", text)
     text = _LEFTOVER.sub("", text)
+    text = _STRAY_TAG.sub("", text)
     text = _EMPTY_PARENS.sub("", text)
     lines = []
     for line in text.split("\n"):
         line = _SPACES.sub(" ", line).strip()
         # Remnants of list and table markup with nothing left to say.
         if line and not line.strip("*#:;|!-=—– ").strip():
+            continue
+        if _CELL_ATTRIBUTES.match(line):
             continue
         lines.append(line)
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
