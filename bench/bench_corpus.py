@@ -9,7 +9,8 @@ and end with token shards, each in its own subprocess limited to one thread
 * ours: ``domainllm.corpus.ingest.ingest_corpus`` (jsonl reader) ->
   ``domainllm.corpus.clean.clean_corpus`` (NFKC + whitespace normalisation, the
   Gopher/C4-style filters, exact dedup, MinHash dedup: 128 permutations,
-  character 5-grams, threshold 0.8) -> ``domainllm.corpus.shards.write_shards``.
+  character 5-grams, threshold 0.8 with the default bands, or ``--threshold``
+  and ``--bands``) -> ``domainllm.corpus.shards.write_shards``.
   ``clean_corpus`` also runs once with ``dedup="none"`` to split filter time
   from dedup time and to know which documents the filters dropped.
 * datatrove: ``JsonlReader`` -> an NFKC formatter -> ``GopherRepetitionFilter``
@@ -37,6 +38,7 @@ datatrove, and duplicates planted vs found.
 Usage:
     python bench/bench_corpus.py [--docs 50000] [--work /tmp/bench/corpus]
         [--out bench/results/corpus.json] [--cpu 1] [--skip-datatrove]
+        [--threshold 0.8] [--bands 16]
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def _ids_parquet(path: Path) -> set[str]:
     return set(pl.read_parquet(path, columns=["id"])["id"].to_list())
 
 
-def run_ours(corpus: Path, tokenizer: Path, work: Path) -> dict:
+def run_ours(corpus: Path, tokenizer: Path, work: Path, minhash: dict) -> dict:
     from domainllm.corpus.clean import clean_corpus
     from domainllm.corpus.ingest import ingest_corpus
     from domainllm.corpus.shards import write_shards
@@ -128,7 +130,7 @@ def run_ours(corpus: Path, tokenizer: Path, work: Path) -> dict:
             str(work / "clean.parquet"),
             str(work / "clean.json"),
             dedup="near",
-            minhash={"num_perm": 128, "ngram": 5, "threshold": 0.8},
+            minhash={"num_perm": 128, "ngram": 5, **minhash},
         )
     with t("tokenise"):
         manifest = write_shards(
@@ -191,7 +193,7 @@ def _ids_jsonl(folder: Path) -> set[str]:
     return ids
 
 
-def run_datatrove(corpus: Path, tokenizer: Path, work: Path) -> dict:
+def run_datatrove(corpus: Path, tokenizer: Path, work: Path, minhash: dict) -> dict:
     import logging
     import unicodedata
 
@@ -360,17 +362,21 @@ def run_datatrove(corpus: Path, tokenizer: Path, work: Path) -> dict:
     }
 
 
-def _child(side: str, corpus: Path, tokenizer: Path, work: Path, cpu: int | None) -> None:
+def _child(
+    side: str, corpus: Path, tokenizer: Path, work: Path, cpu: int | None, minhash: dict
+) -> None:
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
     fn = run_ours if side == "ours" else run_datatrove
-    res = fn(corpus, tokenizer, work / side)
+    res = fn(corpus, tokenizer, work / side, minhash)
     for key in ("filter_survivors", "final"):
         res[key] = sorted(res[key])
     print("@@RESULT@@" + json.dumps(res))
 
 
-def run_side(side: str, corpus: Path, tokenizer: Path, work: Path, cpu: int | None) -> dict:
+def run_side(
+    side: str, corpus: Path, tokenizer: Path, work: Path, cpu: int | None, minhash: dict
+) -> dict:
     import shutil
 
     shutil.rmtree(work / side, ignore_errors=True)
@@ -388,6 +394,9 @@ def run_side(side: str, corpus: Path, tokenizer: Path, work: Path, cpu: int | No
     ]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
+    cmd += ["--threshold", str(minhash["threshold"])]
+    if minhash["bands"] is not None:
+        cmd += ["--bands", str(minhash["bands"])]
     proc = subprocess.run(cmd, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-5000:])
@@ -439,12 +448,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/corpus.json")
     ap.add_argument("--cpu", type=int, default=None, help="pin each side to this CPU")
     ap.add_argument("--skip-datatrove", action="store_true")
+    ap.add_argument("--threshold", type=float, default=0.8, help="ours: minhash.threshold")
+    ap.add_argument("--bands", type=int, default=None, help="ours: minhash.bands (default: auto)")
     ap.add_argument("--child", choices=["ours", "datatrove"], help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    minhash = {"threshold": args.threshold, "bands": args.bands}
     if args.child:
-        _child(args.child, args.corpus, args.tokenizer, args.work, args.cpu)
+        _child(args.child, args.corpus, args.tokenizer, args.work, args.cpu, minhash)
         return
 
     from synth_corpus import write_corpus
@@ -455,12 +467,17 @@ def main() -> None:
     truth = json.loads(Path(str(corpus) + ".truth.json").read_text())
     planted = truth["planted"]
     tokenizer = build_tokenizer(args.work / "tokenizer")
-    report: dict = {"corpus": truth["meta"], "threads_per_side": 1, "cpu": args.cpu}
+    report: dict = {
+        "corpus": truth["meta"],
+        "threads_per_side": 1,
+        "cpu": args.cpu,
+        "ours_minhash": minhash,
+    }
     sides = ["ours"] if args.skip_datatrove else ["ours", "datatrove"]
     for side in sides:
         print(f"running {side} ...", file=sys.stderr, flush=True)
         report[side] = score(
-            run_side(side, corpus, tokenizer, args.work, args.cpu), planted, args.docs
+            run_side(side, corpus, tokenizer, args.work, args.cpu, minhash), planted, args.docs
         )
         print(
             json.dumps({side: {k: v for k, v in report[side].items() if k != "stages"}}),

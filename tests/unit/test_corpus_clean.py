@@ -153,6 +153,29 @@ def test_clean_corpus_is_deterministic(docs, tmp_path):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
+def test_streaming_batches_and_a_leftover_work_folder_change_nothing(docs, tmp_path, monkeypatch):
+    import domainllm.corpus.clean as clean_module
+
+    whole, small = tmp_path / "whole", tmp_path / "small"
+    whole.mkdir()
+    small.mkdir()
+    run_clean(docs, whole, dedup="near")
+    # Tiny read batches and character batches: duplicates span many batches.
+    monkeypatch.setattr(clean_module, "READ_ROWS", 13)
+    monkeypatch.setattr(clean_module, "BATCH_CHARS", 500)
+    monkeypatch.setattr(clean_module, "ROW_GROUP_ROWS", 5)
+    run_clean(docs, small, dedup="near")
+    assert pl.read_parquet(whole / "clean.parquet").equals(pl.read_parquet(small / "clean.parquet"))
+    for name in ("stats.json", "samples.jsonl"):
+        assert (whole / name).read_bytes() == (small / name).read_bytes(), name
+    # The temporary work folder (survivors, dedup keys) is gone.
+    assert sorted(p.name for p in small.iterdir()) == [
+        "clean.parquet",
+        "samples.jsonl",
+        "stats.json",
+    ]
+
+
 def test_clean_corpus_errors(docs, tmp_path):
     out = tmp_path / "clean.parquet"
     with pytest.raises(PipelineError, match="corpus.clean.dedup"):
@@ -168,8 +191,13 @@ def test_clean_corpus_errors(docs, tmp_path):
             str(tmp_path / "s.json"),
             top_ngrams=[{"n": 2, "max_fraction": 0.2}] * 2,
         )
+    with pytest.raises(PipelineError, match=r"corpus\.clean\.minhash\.bands'?: 200"):
+        clean_corpus(
+            str(docs), str(out), str(tmp_path / "s.json"), **PARAMS, minhash={"bands": 200}
+        )
     assert not out.exists() and not (tmp_path / "s.json").exists()
     assert not (tmp_path / "dropped_samples.jsonl").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     bad = tmp_path / "bad.parquet"
     pl.DataFrame({"id": ["a"], "text": ["x"]}).write_parquet(bad)
     with pytest.raises(DataError, match=r"bad\.parquet: missing column\(s\) source, title, lang"):

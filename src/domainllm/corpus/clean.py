@@ -18,9 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 import unicodedata
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from domainllm.corpus.quality import (
     DEFAULTS,
@@ -33,7 +36,7 @@ from domainllm.corpus.quality import (
     symbol_ratio,
 )
 from domainllm.errors import DataError, PipelineError
-from domainllm.io import write_json, write_parquet, write_text
+from domainllm.io import atomic_path, write_json, write_text
 
 __all__ = [
     "DUPLICATE",
@@ -52,6 +55,8 @@ NEAR_DUPLICATE = "near_duplicate"
 DEDUP_METHODS = ("none", "exact", "near")
 SAMPLE_CHARS = 300
 BATCH_CHARS = 4_000_000  # documents are measured in batches of about this many characters
+READ_ROWS = 4096  # documents read from Parquet at a time
+ROW_GROUP_ROWS = 8192  # rows per Parquet row group written (bounds a reader's memory)
 
 _INLINE_WS = re.compile(r"[^\S\n]+")  # any whitespace except newline
 _LINE_EDGES = re.compile(r" ?\n ?")
@@ -88,6 +93,12 @@ def _check_params(p: dict, dedup: str, minhash: dict) -> None:
             raise PipelineError(f"config key 'corpus.clean.{key}': repeated n in {sizes}")
     if not 0 < minhash["threshold"] <= 1:
         raise PipelineError("config key 'corpus.clean.minhash.threshold' must be in (0, 1]")
+    bands = minhash.get("bands")
+    if bands is not None and not 1 <= bands <= minhash["num_perm"]:
+        raise PipelineError(
+            f"config key 'corpus.clean.minhash.bands': {bands} is not in "
+            f"[1, num_perm={minhash['num_perm']}]"
+        )
 
 
 def _batches(lengths: list[int], max_chars: int):
@@ -100,6 +111,15 @@ def _batches(lengths: list[int], max_chars: int):
         total += n
     if start < len(lengths):
         yield start, len(lengths)
+
+
+def _new_source_stats(reasons: list[str]) -> dict:
+    return {
+        "input": 0,
+        "kept": 0,
+        "dropped": dict.fromkeys(reasons, 0),
+        "lang_detected": dict.fromkeys(LANGS, 0),
+    }
 
 
 def clean_corpus(
@@ -116,6 +136,13 @@ def clean_corpus(
 ) -> None:
     """Normalise, filter and deduplicate ``docs`` (the ingest table) into ``output``.
 
+    Streams: the table is read in row batches, the filter survivors go to a
+    temporary Parquet file and their dedup keys to ``DuplicateFinder``'s files
+    (in a temporary folder next to ``output``); a second pass over the
+    survivors drops the duplicates. Memory does not grow with the corpus
+    except for the duplicate finder's sorts (about 40 bytes per document, one
+    key column at a time; see ``domainllm.corpus.dedup``).
+
     Args:
         docs: Parquet with id, source, title, text, lang.
         output: Parquet with those columns plus ``lang_detected`` (ja, en or
@@ -130,32 +157,39 @@ def clean_corpus(
             ``duplicate_of`` for duplicates, and the first 300 characters
             (default: ``dropped_samples.jsonl`` next to ``stats``).
         dedup: ``"none"``; ``"exact"`` drops documents whose normalised text was
-            seen before; ``"near"`` also drops MinHash near duplicates.
-        minhash: ``{"num_perm", "ngram", "threshold"}`` of the near-duplicate
-            index (config ``corpus.clean.minhash``); ``seed`` seeds its permutations.
+            seen before; ``"near"`` also drops MinHash near duplicates (groups
+            of documents linked by pairs at or above the threshold; the first
+            of a group stays).
+        minhash: ``{"num_perm", "ngram", "threshold", "bands"}`` of the
+            near-duplicate search (config ``corpus.clean.minhash``); ``seed``
+            seeds its permutations.
         thresholds: the quality thresholds of config ``corpus.clean`` (see
             ``domainllm.corpus.quality.DEFAULTS``; missing ones take the default).
 
     Raises:
         PipelineError: an unknown key or inconsistent thresholds, or nothing kept.
-        DataError: ``docs`` missing or without the expected columns.
+        DataError: ``docs`` missing, unreadable or without the expected columns.
     """
     import polars as pl
+    import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from domainllm.corpus.dedup import NearDuplicateIndex, text_digest
+    from domainllm.corpus.dedup import EXACT, NEAR, DuplicateFinder
 
     unknown = sorted(set(thresholds) - set(DEFAULTS))
     if unknown:
         raise PipelineError(f"config key 'corpus.clean': unknown key(s) {', '.join(unknown)}")
     params = {**DEFAULTS, **thresholds}
-    mh = {"num_perm": 128, "ngram": 5, "threshold": 0.8, **(minhash or {})}
+    mh = {"num_perm": 128, "ngram": 5, "threshold": 0.8, "bands": None, **(minhash or {})}
     _check_params(params, dedup, mh)
     if not Path(docs).exists():
         raise DataError(f"{docs}: file not found")
-    df = pl.read_parquet(docs)
+    try:
+        table = pq.ParquetFile(docs)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{docs}: not a readable Parquet file ({e})") from e
     cols = ["id", "source", "title", "text", "lang"]
-    missing = [c for c in cols if c not in df.columns]
+    missing = [c for c in cols if c not in table.schema_arrow.names]
     if missing:
         raise DataError(f"{docs}: missing column(s) {', '.join(missing)}")
     samples_path = (
@@ -166,100 +200,156 @@ def clean_corpus(
     dropped: Counter = Counter({r: 0 for r in reasons})
     per_source: dict[str, dict] = {}
     samples: dict[str, list[dict]] = {r: [] for r in reasons}
-    seen: dict[bytes, str] = {}
-    near = (
-        NearDuplicateIndex(mh["num_perm"], mh["ngram"], mh["threshold"], seed)
-        if dedup == "near"
-        else None
-    )
-    keep_rows: list[int] = []
-    texts: list[str] = []
-    detected: list[str] = []
-
-    ids, sources, langs = df["id"].to_list(), df["source"].to_list(), df["lang"].to_list()
-    raw = df["text"].to_list()
-    lengths = [len(t or "") for t in raw]
-    bar = tqdm(total=df.height, desc="clean", mininterval=5)
-    for start, stop in _batches(lengths, BATCH_CHARS):
-        norm = [normalize_text(t or "") for t in raw[start:stop]]
-        metrics = compute_metrics(norm, langs[start:stop], params)
-        why = drop_reasons(metrics, params)
-        lang_det = [LANGS[i] for i in metrics["lang_detected"]]
-        # Exact duplicates, then near duplicates of what is left, in table order.
-        dup_of: dict[int, str] = {}
-        digests: dict[int, bytes] = {}
-        for j, text in enumerate(norm):
-            if why[j] is None and dedup != "none":
-                digest = digests[j] = text_digest(text)
-                if digest in seen:
-                    why[j], dup_of[j] = DUPLICATE, seen[digest]
-                else:
-                    seen[digest] = ids[start + j]
-        if near is not None:
-            todo = [j for j in range(len(norm)) if why[j] is None]
-            for j in todo:
-                first = near.add(ids[start + j], near.signature(norm[j]))
-                if first is not None:
-                    why[j], dup_of[j] = NEAR_DUPLICATE, first
-                    seen[digests[j]] = first  # later copies point to the document kept
-        for j, text in enumerate(norm):
-            i = start + j
-            ps = per_source.setdefault(
-                sources[i],
-                {
-                    "input": 0,
-                    "kept": 0,
-                    "dropped": dict.fromkeys(reasons, 0),
-                    "lang_detected": dict.fromkeys(LANGS, 0),
-                },
+    n_input = n_kept = 0
+    out_path = Path(output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.work-") as work:
+        finder = (
+            DuplicateFinder(
+                work,
+                near=dedup == "near",
+                num_perm=mh["num_perm"],
+                ngram=mh["ngram"],
+                threshold=mh["threshold"],
+                seed=seed,
+                bands=mh["bands"],
             )
-            ps["input"] += 1
-            ps["lang_detected"][lang_det[j]] += 1
-            reason = why[j]
-            if reason is not None:
-                dropped[reason] += 1
-                ps["dropped"][reason] += 1
-                if len(samples[reason]) < dropped_samples_per_reason:
-                    sample = {"reason": reason, "source": sources[i], "id": ids[i]}
-                    if j in dup_of:
-                        sample["duplicate_of"] = dup_of[j]
-                    sample["text"] = text[:SAMPLE_CHARS]
-                    samples[reason].append(sample)
-                continue
-            ps["kept"] += 1
-            keep_rows.append(i)
-            texts.append(text)
-            detected.append(lang_det[j])
-        bar.update(stop - start)
-    bar.close()
+            if dedup != "none"
+            else None
+        )
+        survivors = Path(work) / "survivors.parquet"
+        writer = None
+        bar = tqdm(total=table.metadata.num_rows, desc="clean: filter", mininterval=5)
+        for record_batch in table.iter_batches(batch_size=READ_ROWS, columns=cols):
+            batch = pl.from_arrow(record_batch)
+            raw = batch["text"].to_list()
+            sources, langs = batch["source"].to_list(), batch["lang"].to_list()
+            for start, stop in _batches([len(t or "") for t in raw], BATCH_CHARS):
+                norm = [normalize_text(t or "") for t in raw[start:stop]]
+                metrics = compute_metrics(norm, langs[start:stop], params)
+                why = drop_reasons(metrics, params)
+                lang_det = [LANGS[i] for i in metrics["lang_detected"]]
+                keep = []
+                for j, reason in enumerate(why):
+                    i = start + j
+                    ps = per_source.get(sources[i]) or per_source.setdefault(
+                        sources[i], _new_source_stats(reasons)
+                    )
+                    ps["input"] += 1
+                    ps["lang_detected"][lang_det[j]] += 1
+                    if reason is None:
+                        keep.append(j)
+                        continue
+                    dropped[reason] += 1
+                    ps["dropped"][reason] += 1
+                    if len(samples[reason]) < dropped_samples_per_reason:
+                        samples[reason].append(
+                            {
+                                "reason": reason,
+                                "source": sources[i],
+                                "id": batch["id"][i],
+                                "text": norm[j][:SAMPLE_CHARS],
+                            }
+                        )
+                rows = [n_input + start + j for j in keep]
+                texts = [norm[j] for j in keep]
+                part = batch[start:stop][keep].with_columns(
+                    pl.Series("text", texts, dtype=pl.String),
+                    pl.Series(
+                        "title",
+                        [normalize_text(t or "") for t in batch["title"][start:stop][keep]],
+                        dtype=pl.String,
+                    ),
+                    pl.Series("lang_detected", [lang_det[j] for j in keep], dtype=pl.String),
+                    pl.Series("row", rows, dtype=pl.Int64),
+                )
+                if finder is not None and rows:
+                    finder.add(rows, texts)
+                arrow = part.to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(survivors, arrow.schema, compression="zstd")
+                writer.write_table(arrow, row_group_size=ROW_GROUP_ROWS)
+            n_input += batch.height
+            bar.update(batch.height)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        dups = finder.find() if finder is not None else None
+        if dups is not None:
+            log.info(
+                "clean: %d exact and %d near duplicates",
+                int((dups.reason == EXACT).sum()),
+                int((dups.reason == NEAR).sum()),
+            )
 
-    out = df.select(cols)[keep_rows]
-    # Titles go through the same normalisation so that later stages see one form.
-    titles = [normalize_text(t or "") for t in out["title"]]
-    out = out.with_columns(
-        pl.Series("text", texts, dtype=pl.String),
-        pl.Series("title", titles, dtype=pl.String),
-        pl.Series("lang_detected", detected, dtype=pl.String),
-    )
+        # The duplicates that make it into the samples, and the kept rows they name.
+        wanted: dict[int, str] = {}
+        if dups is not None:
+            for code in (EXACT, NEAR):
+                firsts = dups.first[dups.reason == code][:dropped_samples_per_reason]
+                wanted.update({int(r): "" for r in firsts})
+        reason_name = {EXACT: DUPLICATE, NEAR: NEAR_DUPLICATE}
+        with atomic_path(out_path) as tmp:
+            out_writer = None
+            if writer is not None:
+                surv = pq.ParquetFile(survivors)
+                bar = tqdm(total=surv.metadata.num_rows, desc="clean: dedup", mininterval=5)
+                for record_batch in surv.iter_batches(batch_size=READ_ROWS):
+                    batch = pl.from_arrow(record_batch)
+                    rows = batch["row"].to_numpy()
+                    for r, doc_id in zip(rows.tolist(), batch["id"].to_list(), strict=True):
+                        if r in wanted:
+                            wanted[r] = doc_id
+                    if dups is not None:
+                        code, first = dups.lookup(rows)
+                    else:
+                        code, first = np.zeros(len(rows), np.uint8), np.full(len(rows), -1)
+                    for j in np.flatnonzero(code).tolist():
+                        reason = reason_name[int(code[j])]
+                        src = batch["source"][j]
+                        dropped[reason] += 1
+                        per_source[src]["dropped"][reason] += 1
+                        if len(samples[reason]) < dropped_samples_per_reason:
+                            samples[reason].append(
+                                {
+                                    "reason": reason,
+                                    "source": src,
+                                    "id": batch["id"][j],
+                                    "duplicate_of": wanted[int(first[j])],
+                                    "text": batch["text"][j][:SAMPLE_CHARS],
+                                }
+                            )
+                    kept = batch.filter(pl.Series(code == 0)).select([*cols, "lang_detected"])
+                    for src, n in kept.group_by("source").len().iter_rows():
+                        per_source[src]["kept"] += n
+                    n_kept += kept.height
+                    if kept.height:
+                        arrow = kept.to_arrow()
+                        if out_writer is None:
+                            out_writer = pq.ParquetWriter(tmp, arrow.schema, compression="zstd")
+                        out_writer.write_table(arrow, row_group_size=ROW_GROUP_ROWS)
+                    bar.update(batch.height)
+                bar.close()
+            if out_writer is not None:
+                out_writer.close()
+            if n_kept == 0:
+                raise PipelineError(
+                    f"{docs}: every document was dropped by cleaning ({dict(dropped)}); "
+                    "check the config keys corpus.clean.*"
+                )
     report = {
-        "input_docs": df.height,
-        "kept_docs": out.height,
+        "input_docs": n_input,
+        "kept_docs": n_kept,
         "dropped": dict(dropped),
         "per_source": per_source,
         "params": {**params, "dedup": dedup, "minhash": mh, "seed": seed},
     }
-    if out.height == 0:
-        raise PipelineError(
-            f"{docs}: every document was dropped by cleaning ({dict(dropped)}); "
-            "check the config keys corpus.clean.*"
-        )
     lines = [json.dumps(s, ensure_ascii=False) for r in reasons for s in samples[r]]
-    write_parquet(out, output)
     write_json(report, stats)
     write_text("".join(line + "\n" for line in lines), samples_path)
     log.info(
         "clean: %d -> %d documents, dropped %s",
-        df.height,
-        out.height,
+        n_input,
+        n_kept,
         {k: v for k, v in dropped.items() if v},
     )

@@ -1,23 +1,34 @@
-"""Exact and near-duplicate detection for the cleaning stage.
+"""Exact and near-duplicate detection for the cleaning stage, in memory flat in corpus size.
 
 Exact duplicates: a 128-bit BLAKE2b digest of the normalised text.
 
 Near duplicates: MinHash signatures of a document's character n-grams (its
-shingles) in datasketch's ``affine32`` scheme, indexed in datasketch's
-``MinHashLSH``. Signatures are computed for a whole batch with numpy (one
-32-bit hash per shingle, then ``fmix32`` and the ``a * h + b`` permutations of
-``datasketch.MinHash(num_perm, seed)``, minimum per document): the same values
-``MinHash.update_batch`` gives for those shingle hashes, without a Python call
-per shingle. A candidate from the index counts as a duplicate only if the
-signatures agree on at least ``threshold`` of their positions (the MinHash
-estimate of the Jaccard similarity), so band collisions do not drop documents.
-Documents are offered in table order: the first of a group stays.
+shingles) in datasketch's ``affine32`` scheme, computed for a whole document
+with numpy (one 32-bit hash per shingle, then ``fmix32`` and the ``a * h + b``
+permutations of ``datasketch.MinHash(num_perm, seed)``, minimum per
+permutation): the same values ``MinHash.update_batch`` gives for those shingle
+hashes, without a Python call per shingle. Signatures are cut into ``bands``
+bands of ``rows`` values (LSH); documents that agree on a whole band are
+candidates, and a candidate pair counts as a duplicate only if the signatures
+agree on at least ``threshold`` of their positions (the MinHash estimate of the
+Jaccard similarity), so band collisions do not drop documents.
+
+``DuplicateFinder`` keeps nothing per document in memory while the corpus
+streams through: digests, signatures and band hashes go to files in a work
+folder. ``find`` then sorts one key column at a time (exact digests, then each
+band), verifies the candidate pairs against the signatures on disk and joins
+verified pairs into groups (connected components, as datatrove's MinHash
+clustering does). The first document of a group, in table order, stays; every
+other member is a duplicate of it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +36,9 @@ _FMIX = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _BASE = np.uint64(0x100000001B3)
 _BLOCK = 2048  # shingles per block of the (num_perm, block) permutation matrix
+_PAIR_CHUNK = 1 << 16  # candidate pairs verified per read of the signature file
+
+EXACT, NEAR = 1, 2  # reason codes of Duplicates.reason
 
 
 def text_digest(text: str) -> bytes:
@@ -62,31 +76,40 @@ def shingle_hashes(text: str, ngram: int) -> np.ndarray:
     return (h >> np.uint64(32)).astype(np.uint32)
 
 
-class NearDuplicateIndex:
-    """MinHash LSH over character n-grams; ``add`` answers whether a text duplicates an earlier one.
+def _candidate_probability(s: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    return 1.0 - (1.0 - s**rows) ** bands
 
-    Args:
-        num_perm: MinHash permutations (signature length).
-        ngram: characters per shingle.
-        threshold: Jaccard similarity (estimated) at and above which a text is
-            a near duplicate.
-        seed: seed of the permutations (datasketch's ``MinHash(seed=...)``).
+
+def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """``(bands, rows)`` with ``bands * rows <= num_perm`` minimising missed + spurious candidates.
+
+    The criterion of datasketch's ``MinHashLSH``: the probability mass of
+    pairs below ``threshold`` that become candidates plus that of pairs above
+    it that do not, weighted equally (integrated over a uniform similarity).
     """
+    below = np.linspace(0.0, threshold, 201)
+    above = np.linspace(threshold, 1.0, 201)
+    best, best_err = (1, 1), math.inf
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = np.trapezoid(_candidate_probability(below, b, r), below)
+            fn = np.trapezoid(1.0 - _candidate_probability(above, b, r), above)
+            if fp + fn < best_err:
+                best, best_err = (b, r), fp + fn
+    return best
 
-    def __init__(self, num_perm: int = 128, ngram: int = 5, threshold: float = 0.8, seed: int = 1):
-        from datasketch import MinHash, MinHashLSH
 
-        if not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        template = MinHash(num_perm=num_perm, seed=seed, scheme="affine32")
-        a, b = template.permutations
+class MinHasher:
+    """MinHash signatures of character n-grams, equal to datasketch's ``affine32`` MinHash."""
+
+    def __init__(self, num_perm: int = 128, ngram: int = 5, seed: int = 1):
+        from datasketch import MinHash
+
+        a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
         self.a = a.astype(np.uint32)[:, None]
         self.b = b.astype(np.uint32)[:, None]
-        self.num_perm, self.ngram, self.threshold, self.seed = num_perm, ngram, threshold, seed
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.num_perm, self.ngram, self.seed = num_perm, ngram, seed
         self._buf = np.empty((num_perm, _BLOCK), dtype=np.uint32)
-        self._sigs: list[np.ndarray] = []
-        self._keys: list[str] = []
 
     def signature(self, text: str) -> np.ndarray:
         """The MinHash signature (uint32, ``num_perm``) of ``text``'s shingles."""
@@ -101,24 +124,199 @@ class NearDuplicateIndex:
         return out
 
     def signatures(self, texts: Sequence[str]) -> np.ndarray:
-        return np.stack([self.signature(t) for t in texts]) if texts else np.zeros((0, 0))
+        """Signatures of ``texts``, shape ``(len(texts), num_perm)``."""
+        out = np.empty((len(texts), self.num_perm), dtype=np.uint32)
+        for i, text in enumerate(texts):
+            out[i] = self.signature(text)
+        return out
 
-    def add(self, key: str, sig: np.ndarray) -> str | None:
-        """Index ``sig`` under ``key`` unless it duplicates an indexed signature.
 
-        Returns:
-            ``None`` if ``key`` is new (and now indexed), else the key of the
-            earliest indexed document it duplicates (``key`` is not indexed).
-        """
-        from datasketch import LeanMinHash
+def band_hashes(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit hash per band of ``rows`` signature values: shape ``(n, bands)``, uint64."""
+    sigs = sigs.astype(np.uint64)
+    out = np.empty((len(sigs), bands), dtype=np.uint64)
+    for b in range(bands):
+        h = np.full(len(sigs), np.uint64(0xCBF29CE484222325) + np.uint64(b), dtype=np.uint64)
+        for v in sigs[:, b * rows : (b + 1) * rows].T:
+            h ^= v
+            h *= _BASE
+            h ^= h >> np.uint64(29)
+        out[:, b] = h
+    return out
 
-        m = LeanMinHash(seed=self.seed, hashvalues=sig, scheme="affine32")
-        candidates = sorted(self.lsh.query(m))  # row numbers: the earliest first
-        for row in candidates:
-            if np.mean(self._sigs[row] == sig) >= self.threshold:
-                return self._keys[row]
-        row = len(self._sigs)
-        self._sigs.append(sig)
-        self._keys.append(key)
-        self.lsh.insert(row, m, check_duplication=False)
-        return None
+
+@dataclass
+class Duplicates:
+    """The duplicates ``DuplicateFinder.find`` found, sorted by row.
+
+    ``rows[i]`` is a duplicate (reason ``EXACT`` or ``NEAR``) of the kept row ``first[i]``.
+    """
+
+    rows: np.ndarray
+    reason: np.ndarray
+    first: np.ndarray
+
+    def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(reason, first)`` for each of ``rows``: reason 0 and first -1 where kept."""
+        reason = np.zeros(len(rows), dtype=np.uint8)
+        first = np.full(len(rows), -1, dtype=np.int64)
+        if len(self.rows):
+            pos = np.searchsorted(self.rows, rows).clip(max=len(self.rows) - 1)
+            hit = self.rows[pos] == rows
+            reason[hit] = self.reason[pos[hit]]
+            first[hit] = self.first[pos[hit]]
+        return reason, first
+
+
+def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Boolean: where a new run of equal keys starts in a sorted array (rows of 2-D keys)."""
+    if sorted_keys.ndim == 1:
+        diff = sorted_keys[1:] != sorted_keys[:-1]
+    else:
+        diff = np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1)
+    return np.concatenate([[True], diff])
+
+
+class DuplicateFinder:
+    """Collects the dedup keys of a stream of documents on disk; ``find`` names the duplicates.
+
+    Args:
+        folder: a work folder for the key files (created if missing; removed by the caller).
+        near: also find MinHash near duplicates (else exact only).
+        num_perm, ngram, seed: MinHash signature (see ``MinHasher``).
+        threshold: estimated Jaccard similarity at and above which a candidate
+            pair is a near duplicate.
+        bands: LSH bands (``rows = num_perm // bands``); default from
+            ``lsh_params(threshold, num_perm)``.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        near: bool,
+        num_perm: int = 128,
+        ngram: int = 5,
+        threshold: float = 0.8,
+        seed: int = 1,
+        bands: int | None = None,
+    ):
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if bands is not None and not 1 <= bands <= num_perm:
+            raise ValueError(f"bands must be in [1, num_perm={num_perm}], got {bands}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.near, self.threshold = near, threshold
+        self.bands, self.rows_per_band = (
+            (bands, num_perm // bands) if bands else lsh_params(threshold, num_perm)
+        )
+        self.hasher = MinHasher(num_perm, ngram, seed) if near else None
+        self.n = 0
+        self._files = {
+            name: open(self.folder / f"{name}.bin", "wb")  # noqa: SIM115 (closed in find)
+            for name in (["rows", "digests"] + (["sigs", "bands"] if near else []))
+        }
+
+    def add(self, rows: Sequence[int], texts: Sequence[str]) -> None:
+        """Record documents ``rows`` (increasing, table order) with their normalised ``texts``."""
+        self._files["rows"].write(np.asarray(rows, dtype=np.int64).tobytes())
+        self._files["digests"].write(b"".join(text_digest(t) for t in texts))
+        if self.hasher is not None:
+            sigs = self.hasher.signatures(texts)
+            self._files["sigs"].write(sigs.tobytes())
+            self._files["bands"].write(band_hashes(sigs, self.bands, self.rows_per_band).tobytes())
+        self.n += len(rows)
+
+    def _array(self, name: str, dtype, width: int = 1) -> np.ndarray:
+        arr = np.memmap(self.folder / f"{name}.bin", dtype=dtype, mode="r") if self.n else None
+        if arr is None:
+            return np.zeros((0, width) if width > 1 else 0, dtype=dtype)
+        return arr.reshape(self.n, width) if width > 1 else arr
+
+    def find(self) -> Duplicates:
+        """Close the files and return every duplicate with the first row of its group."""
+        for f in self._files.values():
+            f.close()
+        rows = np.array(self._array("rows", np.int64))
+        # Exact: equal digests; the first in table order stays.
+        digests = self._array("digests", np.uint64, 2)
+        order = np.lexsort((np.arange(self.n), digests[:, 1], digests[:, 0]))
+        starts = _run_starts(np.asarray(digests[order]))
+        group_first = order[np.maximum.accumulate(np.where(starts, np.arange(self.n), 0))]
+        exact_of = np.empty(self.n, dtype=np.int64)
+        exact_of[order] = group_first  # index of the first copy, itself when unique
+        del order, starts, group_first, digests
+        is_exact = exact_of != np.arange(self.n)
+        near_of = self._near_groups(~is_exact) if self.hasher is not None else None
+
+        dup_idx, reason, first = [], [], []
+        if near_of is not None:
+            # An exact copy of a near duplicate points to the near group's first.
+            root = np.where(near_of >= 0, near_of, np.arange(self.n))
+            exact_of = root[exact_of]
+            is_near = (near_of >= 0) & ~is_exact
+            dup_idx.append(np.flatnonzero(is_near))
+            reason.append(np.full(int(is_near.sum()), NEAR, np.uint8))
+            first.append(near_of[is_near])
+        dup_idx.append(np.flatnonzero(is_exact))
+        reason.append(np.full(int(is_exact.sum()), EXACT, np.uint8))
+        first.append(exact_of[is_exact])
+        idx = np.concatenate(dup_idx)
+        order = np.argsort(idx, kind="stable")
+        return Duplicates(
+            rows=rows[idx[order]],
+            reason=np.concatenate(reason)[order],
+            first=rows[np.concatenate(first)[order]],
+        )
+
+    def _near_groups(self, active: np.ndarray) -> np.ndarray:
+        """For each document: the index of its near-duplicate group's first member, -1 if none."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        idx = np.flatnonzero(active)
+        pairs = []
+        bands = self._array("bands", np.uint64, self.bands)
+        for b in range(self.bands):
+            h = np.asarray(bands[idx, b])
+            order = np.argsort(h, kind="stable")  # equal hashes stay in table order
+            sh, members = h[order], idx[order]
+            same = np.flatnonzero(sh[1:] == sh[:-1]) + 1
+            if len(same) == 0:
+                continue
+            # Each member of a run is paired with the run's first and with its predecessor.
+            run_first = np.maximum.accumulate(np.where(_run_starts(sh), np.arange(len(sh)), 0))
+            pairs.append(np.stack([members[run_first[same]], members[same]], axis=1))
+            pairs.append(np.stack([members[same - 1], members[same]], axis=1))
+        out = np.full(self.n, -1, dtype=np.int64)
+        if not pairs:
+            return out
+        pairs = np.unique(np.concatenate(pairs), axis=0)
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+        sigs = self._array("sigs", np.uint32, self.hasher.num_perm)
+        need = math.ceil(self.threshold * self.hasher.num_perm - 1e-9)
+        keep = np.zeros(len(pairs), dtype=bool)
+        for s in range(0, len(pairs), _PAIR_CHUNK):
+            p = pairs[s : s + _PAIR_CHUNK]
+            keep[s : s + len(p)] = (np.asarray(sigs[p[:, 0]]) == np.asarray(sigs[p[:, 1]])).sum(
+                axis=1
+            ) >= need
+        pairs = pairs[keep]
+        if len(pairs) == 0:
+            return out
+        nodes, local = np.unique(pairs, return_inverse=True)
+        local = local.reshape(-1, 2)
+        graph = coo_matrix(
+            (np.ones(len(local), dtype=np.int8), (local[:, 0], local[:, 1])),
+            shape=(len(nodes), len(nodes)),
+        )
+        _, label = connected_components(graph, directed=False)
+        # nodes are sorted, so the first node of each label is its smallest index.
+        first_of_label = np.full(label.max() + 1, -1, dtype=np.int64)
+        for_label = np.unique(label, return_index=True)[1]
+        first_of_label[label[for_label]] = nodes[for_label]
+        roots = first_of_label[label]
+        dup = nodes != roots
+        out[nodes[dup]] = roots[dup]
+        return out

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("id", "source", "title", "text", "lang")
 BATCH_DOCS = 5_000
+ROW_GROUP_ROWS = 8192  # rows per row group of docs.parquet: bounds what a streaming reader holds
 
 
 def stats_path_for(output: str | Path) -> Path:
@@ -130,6 +131,8 @@ def ingest_corpus(sources: list[dict], output: str, stats: str | None = None) ->
         if report["total_docs"] == 0:
             raise PipelineError("corpus.sources: no documents were read from any source")
         with atomic_path(out) as tmp:
-            pl.scan_parquet(parts).sink_parquet(tmp, compression="zstd", statistics=True)
+            pl.scan_parquet(parts).sink_parquet(
+                tmp, compression="zstd", statistics=True, row_group_size=ROW_GROUP_ROWS
+            )
     write_json(report, stats_file)
     log.info("wrote %d documents to %s", report["total_docs"], out)
