@@ -133,6 +133,19 @@ def chosen_base_setting(key, default=None):
     return get
 
 
+def launch_options(options, *base_settings):
+    """A params function: a training stage's ``options`` and the chosen base's boolean
+    ``base_settings`` (trust_remote_code, allow_pickle) as its entry point's flags."""
+
+    def get(wildcards):
+        from domainllm.train.common import cli_flags
+
+        spec = CANDIDATE_SPECS[chosen_base()]
+        return cli_flags({**options, **{k: spec.get(k, False) for k in base_settings}})
+
+    return get
+
+
 def part_embeddings(wildcards=None):
     """The cached embeddings of every corpus part, in part order (select_domain's input)."""
     return [f"{R}/corpus/embeddings/{p}.npy" for p in CORPUS_PARTS]

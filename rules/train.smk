@@ -4,12 +4,12 @@
 # killed or failed job resumes from the newest one when it is rerun.
 #
 # The CPU default runs each training job as one process through `script:`.
-# On multi-GPU nodes a `shell:` variant of train_cpt/train_sft launches the same
-# module entry points under a launcher instead (a later issue), e.g.
-#   deepspeed --num_gpus {resources.gpu} -m domainllm.train.cpt --base {input.base} \
-#       --shards {input.shards} --output {output} \
-#       --checkpoint-dir {params.checkpoint_dir} --deepspeed config/deepspeed/zero2.json --bf16 ...
-# (torchrun --nproc_per_node {resources.gpu} -m domainllm.train.cpt ... works the same way).
+# With `cpt.launcher: torchrun|deepspeed` train_cpt is a `shell:` rule instead that
+# starts the module entry point python -m domainllm.train.cpt under the launcher on
+# cpt.gpus_per_node GPUs of cpt.nodes nodes (docs/training.md).
+
+
+from domainllm.train.common import launch_command
 
 
 rule prepare_instructions:
@@ -54,40 +54,89 @@ rule filter_sft:
         "../scripts/filter_sft.py"
 
 
-# One torch thread by default: on a shared 2-core machine a second thread made
-# CPU steps several times slower; a profile's set-threads raises it on big nodes.
-rule train_cpt:
-    input:
-        base=chosen_base_dir,
-        shards=chosen_shards,
-    output:
-        directory(model_dir("cpt")),
-    params:
-        checkpoint_dir=checkpoint_dir("cpt"),
-        max_steps=config["cpt"]["max_steps"],
-        batch_size=config["cpt"]["batch_size"],
-        gradient_accumulation_steps=config["cpt"]["gradient_accumulation_steps"],
-        seq_len=config["cpt"]["seq_len"],
-        learning_rate=config["cpt"]["learning_rate"],
-        warmup_ratio=config["cpt"]["warmup_ratio"],
-        save_steps=config["cpt"]["save_steps"],
-        deepspeed=config["cpt"]["deepspeed"],
-        bf16=config["cpt"]["bf16"],
-        peak_flops=config["cpt"]["peak_flops"],
-        seed=config["seed"],
-        trust_remote_code=chosen_base_setting("trust_remote_code", False),
-        allow_pickle=chosen_base_setting("allow_pickle", False),
-    threads: 1
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
-    log:
-        f"{L}/train_cpt.log",
-    conda:
-        "../envs/train.yaml"
-    script:
-        "../scripts/train_cpt.py"
+# train_cpt's keyword arguments that both variants pass, by name.
+CPT = config["cpt"]
+CPT_OPTIONS = {
+    "max_steps": CPT["max_steps"],
+    "batch_size": CPT["batch_size"],
+    "gradient_accumulation_steps": CPT["gradient_accumulation_steps"],
+    "seq_len": CPT["seq_len"],
+    "learning_rate": CPT["learning_rate"],
+    "warmup_ratio": CPT["warmup_ratio"],
+    "save_steps": CPT["save_steps"],
+    "deepspeed": CPT["deepspeed"],
+    "bf16": CPT["bf16"],
+    "peak_flops": CPT["peak_flops"],
+    "seed": config["seed"],
+}
+
+if CPT["launcher"] == "none":
+
+    # One torch thread by default: on a shared 2-core machine a second thread made
+    # CPU steps several times slower; a profile's set-threads raises it on big nodes.
+    rule train_cpt:
+        input:
+            base=chosen_base_dir,
+            shards=chosen_shards,
+        output:
+            directory(model_dir("cpt")),
+        params:
+            checkpoint_dir=checkpoint_dir("cpt"),
+            **CPT_OPTIONS,
+            trust_remote_code=chosen_base_setting("trust_remote_code", False),
+            allow_pickle=chosen_base_setting("allow_pickle", False),
+        threads: 1
+        resources:
+            gpu=1,
+            nodes=1,
+            mem_mb=8000,
+            runtime=240,
+        log:
+            f"{L}/train_cpt.log",
+        conda:
+            "../envs/train.yaml"
+        script:
+            "../scripts/train_cpt.py"
+
+else:
+
+    # Several nodes: the job's shell runs srun itself (one torchrun per node), which
+    # the SLURM executor allows for jobs with an `mpi` resource; tasks_per_gpu=0 stops
+    # it from turning `tasks` into --ntasks-per-gpu.
+    CPT_MULTINODE = (
+        {"mpi": "srun", "tasks": CPT["nodes"], "tasks_per_gpu": 0} if CPT["nodes"] > 1 else {}
+    )
+
+    rule train_cpt:
+        input:
+            base=chosen_base_dir,
+            shards=chosen_shards,
+        output:
+            directory(model_dir("cpt")),
+        params:
+            launch=launch_command(
+                "domainllm.train.cpt",
+                CPT["launcher"],
+                nproc_per_node=CPT["gpus_per_node"],
+                nodes=CPT["nodes"],
+                port=CPT["port"],
+            ),
+            checkpoint_dir=checkpoint_dir("cpt"),
+            options=launch_options(CPT_OPTIONS, "trust_remote_code", "allow_pickle"),
+        threads: CPT["gpus_per_node"]
+        resources:
+            gpu=CPT["gpus_per_node"] * CPT["nodes"],
+            nodes=CPT["nodes"],
+            mem_mb=32000 * CPT["gpus_per_node"],
+            runtime=1440,
+            **CPT_MULTINODE,
+        log:
+            f"{L}/train_cpt.log",
+        conda:
+            "../envs/train.yaml"
+        shell:
+            "{params.launch} --base {input.base} --shards {input.shards} --output {output} "
+            "--checkpoint-dir {params.checkpoint_dir} {params.options} > {log} 2>&1"
 
 
 rule train_sft:

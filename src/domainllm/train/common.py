@@ -282,6 +282,12 @@ def training_arguments(
     if deepspeed is not None and not Path(deepspeed).is_file():
         raise PipelineError(f"DeepSpeed config {deepspeed} does not exist")
     warmup_steps = int(round(warmup_ratio * max_steps))
+    if not _cuda():
+        # Multi-process CPU runs would get the device cpu:<rank>; resuming then fails,
+        # as the Trainer loads optimizer.pt with map_location=args.device when
+        # world_size > 1 and torch.load cannot restore onto an indexed CPU device
+        # ("don't know how to restore data location ... (tagged with cpu:0)").
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
     return TrainingArguments(
         output_dir=checkpoint_dir,
         max_steps=max_steps,
@@ -312,10 +318,39 @@ def training_arguments(
         disable_tqdm=False,
         dataloader_pin_memory=_cuda(),
         # Without CUDA, multi-process launches need use_cpu to form a gloo (MULTI_CPU)
-        # group; DeepSpeed brings its own CPU accelerator, so it is left to choose.
+        # group; with DeepSpeed, use_cpu would drop DeepSpeed for plain DDP, so the
+        # gloo group is set up beforehand (_cpu_deepspeed_state).
         use_cpu=not _cuda() and deepspeed is None,
+        accelerator_config=_cpu_deepspeed_state() if deepspeed is not None else None,
         log_level="warning",
     )
+
+
+def _cpu_deepspeed_state() -> dict[str, Any] | None:
+    """Form the gloo process group for DeepSpeed under a launcher on a machine without CUDA.
+
+    accelerate only picks a backend for GPU-like devices or for ``cpu=True`` (which
+    means DDP, not DeepSpeed); left alone it initialises DeepSpeed's group but
+    records one process, so every rank would train on the same batches, save as
+    rank 0, and DeepSpeed would refuse the batch size (micro x accumulation x 1).
+    Creating the shared accelerate state with ``backend="gloo"`` first, and telling
+    the TrainingArguments to use it, gives the Trainer the real rank and world size.
+
+    Returns:
+        The ``accelerator_config`` for TrainingArguments, or None (CUDA, or no launcher).
+    """
+    if _cuda() or int(os.environ.get("LOCAL_RANK", "-1")) == -1:
+        return None
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo", timeout=timedelta(minutes=30))
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return {"use_configured_state": True}
 
 
 def attach_logging(trainer) -> None:
@@ -693,6 +728,74 @@ def run_stage(
             metrics["tokens_per_s"] or 0.0,
         )  # fmt: skip
     return metrics
+
+
+# --------------------------------------------------------------------------- launching
+
+LAUNCHERS = ("none", "torchrun", "deepspeed")
+
+
+def launch_command(
+    module: str, launcher: str, *, nproc_per_node: int = 1, nodes: int = 1, port: int = 29500
+) -> str:
+    """The shell command that runs ``python -m module`` on every process of a launch.
+
+    Args:
+        module: the entry point (``domainllm.train.cpt``); its options follow the command.
+        launcher: "none" (one process), "torchrun" or "deepspeed".
+        nproc_per_node: processes (GPUs) per node.
+        nodes: nodes; more than one needs torchrun inside a SLURM allocation: ``srun``
+            starts one torchrun per node, which meet at a c10d rendezvous on the first
+            node of ``$SLURM_JOB_NODELIST``.
+        port: the rendezvous port (several nodes) or the deepspeed launcher's master port.
+            One node under torchrun uses ``--standalone``, which picks a free port.
+
+    Raises:
+        ConfigError: an unknown launcher, or DeepSpeed's launcher on several nodes (it
+            needs a hostfile and passwordless ssh; torchrun with ``--deepspeed`` does not).
+    """
+    from domainllm.errors import ConfigError
+
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if nproc_per_node < 1 or nodes < 1:
+        raise ConfigError(f"nproc_per_node={nproc_per_node} and nodes={nodes} must be >= 1")
+    if launcher == "none":
+        if nproc_per_node * nodes > 1:
+            raise ConfigError("launcher 'none' runs one process; use torchrun or deepspeed")
+        return f"python -m {module}"
+    if launcher == "deepspeed":
+        if nodes > 1:
+            raise ConfigError(
+                "launcher 'deepspeed' runs on one node here; use torchrun for several nodes "
+                "(the DeepSpeed config still applies through --deepspeed)"
+            )
+        return f"deepspeed --num_gpus {nproc_per_node} --master_port {port} --module {module}"
+    if nodes == 1:
+        return f"torchrun --standalone --nproc_per_node {nproc_per_node} -m {module}"
+    head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+    return (
+        f"srun --nodes {nodes} --ntasks-per-node 1 torchrun --nnodes {nodes} "
+        f"--nproc_per_node {nproc_per_node} --rdzv_id $SLURM_JOB_ID --rdzv_backend c10d "
+        f"--rdzv_endpoint {head}:{port} -m {module}"
+    )
+
+
+def cli_flags(options: dict[str, Any]) -> str:
+    """Keyword arguments of train_cpt/train_sft as the entry point's options (shell-quoted).
+
+    ``max_steps=10`` becomes ``--max-steps 10``; True becomes a bare flag (``--bf16``);
+    False and None are left out (the entry point's defaults).
+    """
+    import shlex
+
+    out = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        out.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+    return " ".join(out)
 
 
 def add_common_cli(parser) -> None:

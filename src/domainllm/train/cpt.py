@@ -13,8 +13,12 @@ Usage (one CPU process; the embedded default's scale):
         --threads 1
 
 Several GPUs (the same entry point under a launcher; DeepSpeed ZeRO optional):
-    deepspeed --num_gpus 8 -m domainllm.train.cpt ... --deepspeed config/deepspeed/zero2.json --bf16
-    torchrun --nproc_per_node 8 -m domainllm.train.cpt ...
+    torchrun --standalone --nproc_per_node 8 -m domainllm.train.cpt ... \
+        --deepspeed config/deepspeed/zero2.json --bf16
+    deepspeed --num_gpus 8 --module domainllm.train.cpt ...
+
+The workflow plans these with ``cpt.launcher``; several nodes, ZeRO-2 vs ZeRO-3, resuming
+and the outputs: docs/training.md.
 """
 
 from __future__ import annotations
