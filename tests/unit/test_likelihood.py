@@ -17,6 +17,7 @@ from domainllm.evaluate.likelihood import (
     encode_pair,
     load_jcqa,
     mcqa_accuracy,
+    sliding_windows,
 )
 from tests.unit import _tiny_lm
 from tests.unit._tiny_lm import JCQA, sample_texts
@@ -165,6 +166,130 @@ def test_bits_per_char_is_lower_on_trained_text(tokenizer):
     unseen = domain_bits_per_char(model, tokenizer, noise, seq_len=64)
     assert math.isfinite(seen["bits_per_char"]) and math.isfinite(unseen["bits_per_char"])
     assert seen["bits_per_char"] < 0.7 * unseen["bits_per_char"]
+
+
+@pytest.mark.parametrize(
+    ("n", "seq_len", "stride"),
+    [(1, 4, 2), (2, 4, 4), (10, 4, 4), (10, 4, 1), (37, 8, 3), (9, 8, 6)],
+)
+def test_sliding_windows_score_every_token_once(n, seq_len, stride):
+    seq = list(range(100, 100 + n))
+    windows = sliding_windows(seq, seq_len, stride)
+    scored = []
+    for inputs, targets, skip in windows:
+        assert 1 <= len(inputs) <= seq_len and len(targets) == len(inputs)
+        assert targets == seq[seq.index(inputs[0]) + 1 :][: len(inputs)]  # next tokens
+        for pos in range(skip, len(targets)):
+            # Each scored token sees its whole window before it: seq_len - stride at least,
+            # unless the document starts inside the window.
+            context = pos + 1
+            assert context >= min(seq_len - stride + 1, seq.index(targets[pos]))
+            scored.append(targets[pos])
+    assert scored == seq[1:]  # every token after the first, once, in order
+    if stride == seq_len:  # disjoint windows
+        assert all(skip == 0 for _, _, skip in windows)
+
+
+def test_sliding_windows_reject_a_stride_that_skips_tokens():
+    with pytest.raises(ValueError, match="stride"):
+        sliding_windows(list(range(10)), 4, 5)
+    with pytest.raises(ValueError, match="stride"):
+        sliding_windows(list(range(10)), 4, 0)
+
+
+def hf_guide_nll(model, seq: list[int], max_length: int, stride: int) -> tuple[float, int]:
+    """Summed NLL and predicted tokens of one sequence, computed literally as in the
+    Hugging Face guide "Perplexity of fixed-length models" (labels -100 outside the
+    new tokens of each window, the loss un-averaged by its valid-token count)."""
+    import torch
+
+    input_ids = torch.tensor([seq])
+    nll, n_tokens, prev_end = 0.0, 0, 0
+    for begin in range(0, len(seq), stride):
+        end = min(begin + max_length, len(seq))
+        trg_len = end - prev_end
+        ids = input_ids[:, begin:end]
+        target = ids.clone()
+        target[:, :-trg_len] = -100
+        with torch.no_grad():
+            loss = model(ids, labels=target).loss
+        valid = int((target[:, 1:] != -100).sum())  # the labels the shifted loss averages
+        nll += float(loss) * valid
+        n_tokens += valid
+        prev_end = end
+        if end == len(seq):
+            break
+    return nll, n_tokens
+
+
+@pytest.mark.parametrize("stride", [64, 24, 7])
+def test_sliding_window_perplexity_matches_the_hugging_face_guide(tokenizer, stride):
+    """Our windows of seq_len inputs are the guide's windows of max_length = seq_len + 1
+    tokens (the last token of a window is only a label), so every token is predicted
+    from up to seq_len tokens; then the two agree token for token."""
+    import torch
+
+    torch.set_num_threads(1)
+    model = tiny_llama(tokenizer, seed=2)
+    texts = [t[:300] for t in sample_texts(3)]
+    ours = domain_bits_per_char(model, tokenizer, texts, seq_len=64, batch_size=5, stride=stride)
+    nll = n = 0
+    for t in texts:
+        seq = [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]
+        a, b = hf_guide_nll(model, seq, 64 + 1, stride)
+        nll, n = nll + a, n + b
+    assert ours["tokens"] == n and ours["stride"] == stride
+    assert ours["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+    assert ours["bits_per_char"] == pytest.approx(nll / math.log(2) / ours["chars"], rel=1e-4)
+
+
+def test_more_context_lowers_perplexity_of_a_trained_model(tokenizer):
+    """On text the model has learnt, a smaller stride (more context per token) helps."""
+    import torch
+
+    torch.set_num_threads(1)
+    model = tiny_llama(tokenizer, seed=1).train()
+    texts = sample_texts(2)
+    ids = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    stream = torch.tensor([i for doc in ids for i in doc])
+    windows = stream[: len(stream) // 64 * 64].view(-1, 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for step in range(40):
+        batch = windows[(torch.arange(8) + step * 8) % len(windows)]
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    disjoint = domain_bits_per_char(model, tokenizer, texts, seq_len=32)
+    sliding = domain_bits_per_char(model, tokenizer, texts, seq_len=32, stride=8)
+    assert sliding["tokens"] == disjoint["tokens"]
+    assert sliding["windows"] > 3 * disjoint["windows"]
+    assert sliding["bits_per_char"] < disjoint["bits_per_char"]
+
+
+def test_task_file_items_score_their_context_and_delimiter(tokenizer):
+    """Items with a ready context (task files) score ``context + delimiter + choice``;
+    acc_norm divides by the choice's own length."""
+    model = tiny_llama(tokenizer, seed=4)
+    items = [
+        {"context": "文:増収増益となりました\n評価:", "choices": ["良い", "悪い"], "label": 0},
+        {"context": "Q: 空は\nA:", "delimiter": " ", "choices": ["青い", "赤い"], "label": 1},
+    ]
+    lls = likelihood.choice_logliks(model, tokenizer, items)
+    want = continuation_logliks(
+        model,
+        tokenizer,
+        [(items[0]["context"], c) for c in items[0]["choices"]]
+        + [(items[1]["context"], " " + c) for c in items[1]["choices"]],
+    )
+    assert [x for ll in lls for x in ll] == pytest.approx(want, abs=1e-5)
+    jcqa = load_jcqa(JCQA, 3)
+    as_context = [{"context": JCQA_PROMPT.format(question=i["question"]), **i} for i in jcqa]
+    ours, ref = (
+        [x for ll in likelihood.choice_logliks(model, tokenizer, batch) for x in ll]
+        for batch in (as_context, jcqa)
+    )
+    assert ours == pytest.approx(ref, abs=1e-6)
 
 
 @pytest.mark.gpu

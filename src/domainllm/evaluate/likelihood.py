@@ -4,6 +4,12 @@ Both work for any causal LM and tokenizer, so models with different
 vocabularies can be compared: multiple choice asks which continuation the model
 finds most likely (as lm-evaluation-harness does), and bits per character
 divides the cross-entropy by the number of characters rather than tokens.
+
+A multiple-choice item is ``{"question", "choices", "label"}`` (scored after
+:data:`JCQA_PROMPT`) or ``{"context", "choices", "label"}`` with its prompt
+already filled in (task files, :mod:`domainllm.models.tasks`); an optional
+``"delimiter"`` goes between the context and every choice (lm-evaluation-harness's
+``target_delimiter``, "" by default here).
 """
 
 from __future__ import annotations
@@ -151,10 +157,17 @@ def continuation_logliks(
     return out
 
 
+def item_context(item: dict) -> str:
+    """The text every choice of ``item`` continues: its ``context``, or the JCQA prompt."""
+    if "context" in item:
+        return item["context"]
+    return JCQA_PROMPT.format(question=item["question"])
+
+
 def choice_logliks(model, tokenizer, items: list[dict], batch_size: int = 16) -> list[list[float]]:
     """Log-likelihood of every choice of every item, as ``[[ll_choice0, ...], ...]``."""
     pairs = [
-        (JCQA_PROMPT.format(question=item["question"]), choice)
+        (item_context(item), item.get("delimiter", "") + choice)
         for item in items
         for choice in item["choices"]
     ]
@@ -174,10 +187,12 @@ def _argmax(values: list[float]) -> int:
 def mcqa_item_results(model, tokenizer, items: list[dict], batch_size: int = 16) -> list[dict]:
     """Per-item multiple-choice results: the predicted choice under each rule, and correctness.
 
-    Each choice is scored as the continuation of ``質問:{question}\\n答え:``.
+    Each choice is scored as the continuation of the item's context
+    (:func:`item_context`: ``質問:{question}\\n答え:`` for JCQA items).
     ``pred`` takes the choice with the highest log-likelihood; ``pred_norm`` the
     highest log-likelihood per character of the choice and ``pred_bytes`` per
-    UTF-8 byte (lm-evaluation-harness's acc, acc_norm and acc_bytes).
+    UTF-8 byte (lm-evaluation-harness's acc, acc_norm and acc_bytes: the lengths
+    are the choice's own, without the delimiter).
 
     Returns:
         ``[{"id", "label", "pred", "pred_norm", "pred_bytes", "correct",
@@ -221,17 +236,60 @@ def mcqa_accuracy(model, tokenizer, items: list[dict], batch_size: int = 16) -> 
     }
 
 
+def sliding_windows(
+    seq: list[int], seq_len: int, stride: int
+) -> list[tuple[list[int], list[int], int]]:
+    """Cut a token sequence into windows that score every token after the first once.
+
+    The perplexity of fixed-length models, as the Hugging Face guide and
+    lm-evaluation-harness's rolling log-likelihood compute it: windows of up to
+    ``seq_len`` inputs start every ``stride`` tokens, and each window scores only
+    the tokens no earlier window scored, so every token is predicted once with
+    up to ``seq_len`` tokens of context (at least ``seq_len - stride`` after the
+    first window). ``stride == seq_len`` gives disjoint windows.
+
+    Returns:
+        ``[(inputs, targets, n_skip), ...]``: ``targets[i]`` is the token after
+        ``inputs[i]``; the first ``n_skip`` targets were scored by an earlier window.
+    """
+    if not 1 <= stride <= seq_len:
+        raise ValueError(f"stride must be in 1..seq_len ({seq_len}), got {stride}")
+    out = []
+    last = len(seq) - 1  # index of the last target
+    scored = 0  # targets seq[1..scored] are done
+    begin = 0
+    while scored < last:
+        end = min(begin + seq_len, last)  # targets seq[begin+1 .. end]
+        out.append((seq[begin:end], seq[begin + 1 : end + 1], scored - begin))
+        scored = end
+        begin += stride
+    return out
+
+
 def domain_bits_per_char(
-    model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 16
+    model,
+    tokenizer,
+    texts: list[str],
+    seq_len: int,
+    batch_size: int = 16,
+    stride: int | None = None,
 ) -> dict:
     """Cross-entropy of ``texts`` in bits per character, and token-level perplexity.
 
-    Each text is tokenised with ``<s>`` in front (when the tokenizer has one)
-    and cut into non-overlapping windows of ``seq_len`` inputs; every token after
-    the first is predicted exactly once, with the context of its window.
+    Each text is tokenised with ``<s>`` in front (when the tokenizer has one) and
+    scored with a sliding window (:func:`sliding_windows`): every token after
+    the first is predicted exactly once, with up to ``seq_len`` tokens of
+    context from its own document.
+
+    Args:
+        seq_len: window length (the most context a token gets).
+        stride: tokens between window starts, 1..seq_len; None (or ``seq_len``)
+            gives disjoint windows. Smaller strides give every token more
+            context at ``seq_len / stride`` times the compute.
 
     Returns:
-        ``{"bits_per_char", "perplexity", "tokens" (predicted), "chars"}``.
+        ``{"bits_per_char", "perplexity", "tokens" (predicted), "chars",
+        "windows", "stride"}``.
     """
     import torch
     import torch.nn.functional as F
@@ -239,18 +297,22 @@ def domain_bits_per_char(
 
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    stride = seq_len if stride is None else stride
+    if not 1 <= stride <= seq_len:
+        raise ValueError(f"stride must be in 1..seq_len ({seq_len}), got {stride}")
     texts = [t for t in texts if t]
     if not texts:
         raise DataError("domain_bits_per_char: no non-empty texts")
     device = _device(model)
     bos = tokenizer.bos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    windows: list[tuple[list[int], list[int]]] = []
+    windows: list[tuple[list[int], list[int], int]] = []
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     for ids in encoded:
         seq = ([bos] if bos is not None else []) + list(ids)
-        for s in range(0, len(seq) - 1, seq_len):
-            windows.append((seq[s : s + seq_len], seq[s + 1 : s + seq_len + 1]))
+        windows.extend(sliding_windows(seq, seq_len, stride))
+    # Longest first: little padding, and a too-large batch fails at once.
+    windows.sort(key=lambda w: -len(w[0]))
     total_nll = 0.0
     total_tokens = 0
     with torch.inference_mode():
@@ -262,10 +324,10 @@ def domain_bits_per_char(
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             labels = torch.full((len(batch), width), -100, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, (inp, tgt) in enumerate(batch):
+            for j, (inp, tgt, skip) in enumerate(batch):
                 ids[j, : len(inp)] = torch.tensor(inp)
                 mask[j, : len(inp)] = 1
-                labels[j, : len(tgt)] = torch.tensor(tgt)
+                labels[j, skip : len(tgt)] = torch.tensor(tgt[skip:])
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             labels = labels.to(logits.device)
             total_nll += float(
@@ -277,10 +339,14 @@ def domain_bits_per_char(
                 )
             )
             total_tokens += int((labels != -100).sum())
+    if not total_tokens:
+        raise DataError("domain_bits_per_char: the texts give no token to predict")
     chars = sum(len(t) for t in texts)
     return {
         "bits_per_char": total_nll / math.log(2) / chars,
         "perplexity": math.exp(total_nll / total_tokens),
         "tokens": total_tokens,
         "chars": chars,
+        "windows": len(windows),
+        "stride": stride,
     }
