@@ -3,6 +3,10 @@
 
 import json
 
+from domainllm.models.loading import looks_local
+from domainllm.models.metrics import check_weights, selection_metrics
+from domainllm.models.tasks import load_tasks
+
 R = config["paths"]["results"]
 L = config["paths"]["logs"]
 MODEL = config["model_name"]
@@ -44,6 +48,13 @@ if config["base"]["choose"] != "auto" and config["base"]["choose"] not in CANDID
         f"config key 'base.choose': '{config['base']['choose']}' is not 'auto' or a candidate "
         f"name ({', '.join(CANDIDATES)})"
     )
+
+# Multiple-choice task files of base selection, checked now (with the weights on
+# their metrics) so a bad task file fails before any job runs.
+SELECTION_TASKS = load_tasks(config["base"]["selection"]["tasks"])
+TASK_FILES = [t.file for t in SELECTION_TASKS]
+TASK_DATA = [t.path for t in SELECTION_TASKS]
+check_weights(config["base"]["selection"]["weights"], selection_metrics(SELECTION_TASKS))
 
 
 wildcard_constraints:
@@ -95,9 +106,14 @@ def source_paths(wildcards=None):
 
 
 def base_build_input(wildcards):
-    """Inputs of build_base: the cleaned corpus, only for candidates built from scratch."""
-    if CANDIDATE_SPECS[wildcards.candidate].get("build"):
+    """Inputs of build_base: the cleaned corpus for a candidate built from scratch, the
+    folder for one copied from a local path; a hub id is no input (nothing is fetched
+    before the job runs)."""
+    spec = CANDIDATE_SPECS[wildcards.candidate]
+    if spec.get("build"):
         return {"corpus": CORPUS_CLEAN}
+    if looks_local(spec["source"]):
+        return {"source": spec["source"]}
     return {}
 
 

@@ -1,6 +1,9 @@
-# Base-model selection: build (or copy) every candidate, score each on the
-# domain and on Japanese commonsense multiple choice, rank them and choose one.
-# select_base is a checkpoint: training reads its chosen.json (chosen_base()).
+# Base-model selection: build (or copy) every candidate, score each on its
+# tokenizer's efficiency, sliding-window perplexity of held-out domain text and
+# the multiple-choice task files (base.selection.tasks), rank them by the
+# weighted metrics and choose one (docs/selection.md). select_base is a
+# checkpoint: training reads its chosen.json (chosen_base()), unless base.choose
+# names a candidate.
 
 
 rule build_base:
@@ -30,12 +33,18 @@ rule score_base:
     input:
         model=base_dir("{candidate}"),
         domain=DOMAIN_HELDOUT,
-        jcqa=config["data"]["jcqa"]["path"],
+        corpus=CORPUS_SELECTED,
+        tasks=TASK_FILES,
+        task_data=TASK_DATA,
     output:
         f"{R}/selection/scores/{{candidate}}.json",
     params:
-        jcqa_max_items=config["data"]["jcqa"]["max_items"],
+        tasks=TASK_FILES,
+        max_items=config["base"]["selection"]["max_items"],
         ppl_seq_len=config["base"]["selection"]["ppl_seq_len"],
+        ppl_stride=config["base"]["selection"]["ppl_stride"],
+        corpus_max_docs=config["base"]["selection"]["corpus_max_docs"],
+        seed=config["seed"],
         trust_remote_code=candidate_setting("trust_remote_code", False),
         allow_pickle=candidate_setting("allow_pickle", False),
     threads: 1

@@ -4,7 +4,8 @@ lm-evaluation-harness (pip package ``lm_eval``) runs a local task file over the
 same items, with the same prompt and no target delimiter, through its HF model
 wrapper; acc and acc_norm must agree to within 0.5 points (one item of the 40
 is 2.5 points, so they must agree exactly), and so must every choice's
-log-likelihood.
+log-likelihood. The same holds for the items of every shipped task file
+(config/tasks/*.yaml) run through lm_eval as data columns.
 """
 
 from __future__ import annotations
@@ -84,3 +85,78 @@ def test_accuracy_matches_lm_evaluation_harness(tmp_path):
     assert len(their_lls) == N_ITEMS
     for mine, other in zip(our_lls, their_lls, strict=True):
         assert mine == pytest.approx(other, abs=1e-3)
+
+
+TASK_FILE_CHECK = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+validation_split: validation
+output_type: multiple_choice
+doc_to_text: context
+doc_to_choice: choices
+doc_to_target: label
+target_delimiter: ""
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+metadata:
+  version: 1.0
+"""
+
+
+def test_task_files_match_lm_evaluation_harness(tmp_path, monkeypatch):
+    """Every shipped task file (JCommonsenseQA, and chABSA over label words): our acc,
+    acc_norm and every choice's log-likelihood on its items equal lm_eval's on the same
+    items, model and prompts."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from domainllm.models.build import train_tokenizer
+    from domainllm.models.tasks import load_tasks, task_items
+
+    torch.set_num_threads(1)
+    monkeypatch.chdir(_tiny_lm.ROOT)
+    specs = load_tasks(sorted(str(p) for p in (_tiny_lm.ROOT / "config" / "tasks").glob("*.yaml")))
+    assert {s.name for s in specs} >= {"jcqa", "chabsa_sentiment"}
+    items = {s.name: task_items(s, N_ITEMS) for s in specs}
+    texts = sample_texts(20) + [
+        i["context"] + "".join(i["choices"]) for its in items.values() for i in its
+    ]
+    tokenizer = train_tokenizer(texts, 800)
+    model = _tiny_lm.tiny_llama(tokenizer, seed=5, tie_word_embeddings=False).eval()
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, its in items.items():
+        assert all(i["delimiter"] == "" for i in its)
+        data = tmp_path / f"{name}.jsonl"
+        with open(data, "w", encoding="utf-8") as f:
+            for i in its:
+                row = {"context": i["context"], "choices": i["choices"], "label": i["label"]}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        check = f"{name}_domainllm_check"
+        (tasks / f"{check}.yaml").write_text(
+            TASK_FILE_CHECK.format(name=check, data=data), encoding="utf-8"
+        )
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8, add_bos_token=True)
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[f"{name}_domainllm_check" for name in items],
+        task_manager=TaskManager(include_path=str(tasks)),
+        num_fewshot=0,
+        log_samples=True,
+    )
+    for name, its in items.items():
+        ours = mcqa_accuracy(model, tokenizer, its, batch_size=8)
+        theirs = results["results"][f"{name}_domainllm_check"]
+        assert ours["n"] == len(its) == N_ITEMS
+        assert abs(ours["acc"] - theirs["acc,none"]) <= 0.005, (name, ours, theirs)
+        assert abs(ours["acc_norm"] - theirs["acc_norm,none"]) <= 0.005, (name, ours, theirs)
+        samples = sorted(results["samples"][f"{name}_domainllm_check"], key=lambda s: s["doc_id"])
+        their_lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
+        for mine, other in zip(choice_logliks(model, tokenizer, its), their_lls, strict=True):
+            assert mine == pytest.approx(other, abs=1e-3)

@@ -63,3 +63,37 @@ def test_pickled_weights_need_allow_pickle(parts, tmp_path):
         load_causal_lm(tmp_path)
     loaded, _ = load_causal_lm(tmp_path, allow_pickle=True)
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_remote_code_runs_only_when_the_caller_turns_it_on(monkeypatch):
+    """Hub ids pass straight to from_pretrained with trust_remote_code off by default
+    and safetensors required (nothing is downloaded here: the loaders are stubbed)."""
+    import transformers
+
+    calls = []
+
+    class Stub:
+        pad_token_id = 0
+        eos_token_id = 0
+
+        def eval(self):
+            return self
+
+    def record(kind):
+        def from_pretrained(path, **kwargs):
+            calls.append((kind, path, kwargs))
+            return Stub()
+
+        return from_pretrained
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", record("model"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", record("tokenizer"))
+    load_causal_lm("org/model")
+    assert calls == [
+        ("model", "org/model", {"use_safetensors": True, "trust_remote_code": False}),
+        ("tokenizer", "org/model", {"trust_remote_code": False}),
+    ]
+    calls.clear()
+    load_causal_lm("org/model", trust_remote_code=True, allow_pickle=True)
+    assert calls[0][2] == {"use_safetensors": None, "trust_remote_code": True}
+    assert calls[1][2] == {"trust_remote_code": True}

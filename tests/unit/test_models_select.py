@@ -13,11 +13,18 @@ from domainllm.models.select import normalised_ranks, select_base
 WEIGHTS = {"chars_per_token": 1.0, "domain_bits_per_char": 1.0, "jcqa_acc_norm": 1.0}
 
 
-def write_scores(tmp_path, rows: dict[str, tuple[float, float, float]]) -> list[str]:
+TASK_DIRECTIONS = {"jcqa_acc": True, "jcqa_acc_norm": True}
+
+
+def write_scores(
+    tmp_path, rows: dict[str, tuple[float, float, float]], extra: dict | None = None
+) -> list[str]:
+    """Score files as score_base writes them; ``extra`` adds task columns per candidate."""
     paths = []
     for name, (cpt, bpc, acc) in rows.items():
         p = tmp_path / "scores" / f"{name}.json"
         p.parent.mkdir(exist_ok=True)
+        more = (extra or {}).get(name, {})
         p.write_text(
             json.dumps(
                 {
@@ -30,6 +37,9 @@ def write_scores(tmp_path, rows: dict[str, tuple[float, float, float]]) -> list[
                     "jcqa_acc_norm": acc,
                     "jcqa_acc": acc,
                     "domain_perplexity": 10.0,
+                    **more,
+                    "higher_is_better": {**TASK_DIRECTIONS, **{k: True for k in more}},
+                    "timings": {"perplexity": 1.0},
                 }
             )
         )
@@ -82,6 +92,12 @@ def test_weighted_ranks_choose_the_best(tmp_path):
     assert chosen["name"] == "a" and chosen["path"] == "results/base/a"
     assert chosen["override"] is False and chosen["scores"]["chars_per_token"] == 1.5
     assert "| a |" in md and "Chosen: **a**" in md and "override" not in md
+    # Every metric is reported on its own, with its direction and weight.
+    assert "| domain_bits_per_char | ↓ | 1 | 6 | 7 | 9 |" in md
+    assert "| jcqa_acc | ↑ | 0 | 0.2 | 0.25 | 0.3 |" in md
+    assert "| unk_rate | ↓ | 0 | – | – | – |" in md  # not in these score files
+    assert "rank_jcqa_acc" in table.columns and "timings" not in chosen["scores"]
+    assert chosen["weights"] == WEIGHTS
     # Weighting JCQA heavily makes b win.
     weights = {**WEIGHTS, "jcqa_acc_norm": 5.0}
     assert run(tmp_path, paths, weights=weights)[3]["name"] == "b"
@@ -113,3 +129,29 @@ def test_bad_selection_requests(tmp_path):
 def test_single_candidate_wins(tmp_path):
     paths = write_scores(tmp_path, {"only": (1.0, 5.0, 0.2)})
     assert run(tmp_path, paths)[3]["name"] == "only"
+
+
+def test_task_metrics_from_task_files_can_be_weighted(tmp_path):
+    """A task file's columns (here chabsa_sentiment_acc) are ranked and may carry weight."""
+    extra = {"a": {"chabsa_sentiment_acc": 0.4}, "b": {"chabsa_sentiment_acc": 0.6}}
+    paths = write_scores(tmp_path, {"a": (1.5, 6.0, 0.2), "b": (0.4, 9.0, 0.3)}, extra)
+    _, table, md, chosen = run(tmp_path, paths)
+    assert chosen["name"] == "a"
+    assert table["chabsa_sentiment_acc"].to_list() == [0.4, 0.6]
+    assert "| chabsa_sentiment_acc | ↑ | 0 | 0.4 | 0.6 |" in md
+    weights = {"chars_per_token": 1.0, "chabsa_sentiment_acc": 3.0}
+    _, table, md, chosen = run(tmp_path, paths, weights=weights)
+    assert chosen["name"] == "b" and chosen["score"] == pytest.approx(3.0)
+    assert "| chabsa_sentiment_acc | ↑ | 3 |" in md
+    # A weight on a task nobody was scored on is refused, naming the config key.
+    with pytest.raises(PipelineError, match="base.selection.weights.*jsts_acc"):
+        run(tmp_path, paths, weights={"jsts_acc": 1.0})
+
+
+def test_directions_must_agree(tmp_path):
+    paths = write_scores(tmp_path, {"a": (1.5, 6.0, 0.2), "b": (0.4, 9.0, 0.3)})
+    row = json.loads(open(paths[1]).read())
+    row["higher_is_better"]["jcqa_acc"] = False
+    open(paths[1], "w").write(json.dumps(row))
+    with pytest.raises(PipelineError, match="b.json.*jcqa_acc"):
+        run(tmp_path, paths)

@@ -51,8 +51,15 @@ def weight_format(folder: str | os.PathLike) -> str | None:
     return None
 
 
-def _looks_local(path: str) -> bool:
-    """A hub id is ``name`` or ``org/name``; anything else is meant as a local path."""
+def looks_local(path: str) -> bool:
+    """Whether ``path`` means a local folder: it exists, or is not shaped like a hub id.
+
+    A hub id is ``name`` or ``org/name``; an absolute path, one starting with
+    ``.`` or ``~``, or one with more than one ``/`` is a local path. Nothing is
+    looked up on the network: the workflow calls this while parsing.
+    """
+    if os.path.exists(os.path.expanduser(path)):
+        return True
     return (
         os.path.isabs(path)
         or path.startswith((".", "~"))
@@ -110,10 +117,10 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = str(path)
+    path = os.path.expanduser(str(path))
     if os.path.exists(path):
         check_model_folder(path, allow_pickle=allow_pickle)
-    elif _looks_local(path):
+    elif looks_local(path):
         raise DataError(f"{path}: model folder does not exist")
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype is not None:

@@ -1,10 +1,11 @@
 """Rank the scored base-model candidates and choose the one that feeds training.
 
-Each metric is turned into a rank (so metrics on different scales weigh
-equally), the rank is normalised to [0, 1] (1 = best), and the weighted sum of
-normalised ranks is the candidate's score. The best score wins unless the
-configuration names a candidate (``base.choose``), which is recorded as an
-override.
+Each metric (tokenizer efficiency, domain perplexity, and every task file's
+accuracies; :mod:`domainllm.models.metrics`) is turned into a rank (so metrics
+on different scales weigh equally), the rank is normalised to [0, 1] (1 =
+best), and the weighted sum of normalised ranks is the candidate's score. The
+best score wins unless the configuration names a candidate (``base.choose``),
+which is recorded as an override.
 """
 
 from __future__ import annotations
@@ -17,13 +18,7 @@ from domainllm.io import read_json, write_json, write_parquet, write_text
 
 log = logging.getLogger(__name__)
 
-# Metric -> True when higher is better.
-METRICS = {
-    "chars_per_token": True,
-    "domain_bits_per_char": False,
-    "jcqa_acc_norm": True,
-}
-EXTRA_COLUMNS = ["parameters", "vocab_size", "bytes_per_token", "domain_perplexity", "jcqa_acc"]
+INFO_COLUMNS = ["parameters", "vocab_size"]
 
 
 def normalised_ranks(values: list[float | None], higher_better: bool) -> list[float]:
@@ -50,6 +45,35 @@ def normalised_ranks(values: list[float | None], higher_better: bool) -> list[fl
     return [1.0 - r / (n - 1) for r in ranks]
 
 
+def scored_metrics(rows: list[dict], paths: list[str]) -> dict[str, bool]:
+    """Rankable metric -> higher is better, from the score files' ``higher_is_better``.
+
+    The candidate metrics come first, then each task's columns in the order the
+    score files list them. Score files written before the registry existed fall
+    back to :data:`domainllm.models.metrics.CANDIDATE_METRICS`.
+
+    Raises:
+        PipelineError: two score files disagree on a metric's direction.
+    """
+    from domainllm.models.metrics import CANDIDATE_METRICS
+
+    out = {m: hi for m, (hi, _) in CANDIDATE_METRICS.items()}
+    fixed = set(out)
+    seen: dict[str, str] = {}
+    for path, row in zip(paths, rows, strict=True):
+        for metric, hi in row.get("higher_is_better", {}).items():
+            if metric in seen and out[metric] != bool(hi):
+                raise PipelineError(
+                    f"{path}: metric '{metric}' is higher-is-better={hi}, "
+                    f"but {seen[metric]} says otherwise"
+                )
+            if metric in fixed and out[metric] != bool(hi):
+                raise PipelineError(f"{path}: metric '{metric}' has the wrong direction")
+            out[metric] = bool(hi)
+            seen[metric] = path
+    return out
+
+
 def select_base(
     scores: list[str],
     table: str,
@@ -61,30 +85,32 @@ def select_base(
 ) -> dict:
     """Write the ranking table (Parquet and Markdown) and chosen.json; return chosen.json's content.
 
+    Every rankable metric is a column with its normalised rank (``rank_<metric>``);
+    the weighted metrics make the score.
+
     Args:
         scores: score JSON files written by ``score_base`` (one per candidate).
         table, table_md, chosen: outputs.
-        weights: metric -> weight of its normalised rank (0 ignores it).
+        weights: metric -> weight of its normalised rank (0 ignores it); task
+            metrics are ``<task>_acc``, ``<task>_acc_norm``, ...
         choose: ``auto`` or the name of a candidate that wins regardless of rank.
 
     Raises:
-        PipelineError: no scores, a duplicate candidate, an unknown metric in
-            ``weights`` or a ``choose`` that names no candidate.
+        PipelineError: no scores, a duplicate candidate, a weight on a metric no
+            score file has, or a ``choose`` that names no candidate.
     """
     import polars as pl
 
+    from domainllm.models.metrics import check_weights
+
     if not scores:
         raise PipelineError("select_base: no candidate scores")
-    unknown = set(weights) - set(METRICS)
-    if unknown:
-        raise PipelineError(
-            f"config key 'base.selection.weights': unknown metric(s) {', '.join(sorted(unknown))} "
-            f"(known: {', '.join(METRICS)})"
-        )
     rows = [read_json(p) for p in scores]
     for path, row in zip(scores, rows, strict=True):
         if "candidate" not in row or "model_dir" not in row:
             raise PipelineError(f"{path}: score file lacks 'candidate' or 'model_dir'")
+    metrics = scored_metrics(rows, scores)
+    check_weights(weights, metrics)
     names = [r["candidate"] for r in rows]
     if len(set(names)) != len(names):
         raise PipelineError(f"select_base: duplicate candidates in {scores}")
@@ -96,14 +122,14 @@ def select_base(
 
     total = [0.0] * len(rows)
     columns: dict[str, list] = {"candidate": names, "model_dir": [r["model_dir"] for r in rows]}
-    for metric, higher in METRICS.items():
+    for metric, higher in metrics.items():
         values = [r.get(metric) for r in rows]
         norm = normalised_ranks(values, higher)
         columns[metric] = [float(v) if v is not None else None for v in values]
         columns[f"rank_{metric}"] = norm
         w = float(weights.get(metric, 0.0))
         total = [t + w * x for t, x in zip(total, norm, strict=True)]
-    for col in EXTRA_COLUMNS:
+    for col in INFO_COLUMNS:
         columns[col] = [r.get(col) for r in rows]
     columns["score"] = total
     # The first listed candidate wins a tie (the config's order is the tie-break).
@@ -113,8 +139,9 @@ def select_base(
     columns["chosen"] = [n == winner for n in names]
     df = pl.DataFrame(columns).sort("score", descending=True, maintain_order=True)
 
-    max_score = sum(float(weights.get(m, 0.0)) for m in METRICS)
-    weight_text = ", ".join(f"{m} {float(weights.get(m, 0.0)):g}" for m in METRICS)
+    weighted = {m: float(w) for m, w in weights.items() if float(w) > 0}
+    max_score = sum(weighted.values())
+    weight_text = ", ".join(f"{m} {w:g}" for m, w in weighted.items()) or "none"
     if choose == "auto":
         why = (
             f"Chosen: **{winner}**, the best weighted rank score "
@@ -126,15 +153,20 @@ def select_base(
             f"{names[best]} ({total[best]:.3f} of {max_score:g}; weights: {weight_text})."
         )
     write_parquet(df, table)
-    write_text(_markdown(df) + "\n" + why + "\n", table_md)
+    write_text(_markdown(df, metrics, weights) + "\n" + why + "\n", table_md)
     w_row = rows[names.index(winner)]
     result = {
         "name": winner,
         "path": w_row["model_dir"],
-        "scores": {k: v for k, v in w_row.items() if k not in ("candidate", "model_dir")},
+        "scores": {
+            k: v
+            for k, v in w_row.items()
+            if k not in ("candidate", "model_dir", "higher_is_better", "timings")
+        },
         "override": choose != "auto",
         "best_ranked": names[best],
         "score": total[names.index(winner)],
+        "weights": weighted,
     }
     write_json(result, chosen)
     log.info(why.replace("**", ""))
@@ -153,21 +185,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _markdown(df) -> str:
-    cols = [
-        "candidate",
-        *METRICS,
-        "score",
-        "chosen",
-        "parameters",
-        "vocab_size",
-        "domain_perplexity",
-        "jcqa_acc",
+def _markdown(df, metrics: dict[str, bool], weights: dict) -> str:
+    """The ranking (one row per candidate), then every metric (one row per metric)."""
+    rows = list(df.iter_rows(named=True))
+    cols = ["candidate", "score", "chosen", *INFO_COLUMNS]
+    lines = [
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" if c == "candidate" else "---:" for c in cols) + "|",
     ]
-    arrows = {m: (" ↑" if hi else " ↓") for m, hi in METRICS.items()}
-    header = "| " + " | ".join(c + arrows.get(c, "") for c in cols) + " |"
-    sep = "|" + "|".join("---" if c == "candidate" else "---:" for c in cols) + "|"
-    lines = [header, sep]
-    for row in df.iter_rows(named=True):
+    for row in rows:
         lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    names = [r["candidate"] for r in rows]
+    lines += [
+        "",
+        "| metric | better | weight | " + " | ".join(names) + " |",
+        "|---|:---:|---:|" + "---:|" * len(names),
+    ]
+    for metric, higher in metrics.items():
+        w = float(weights.get(metric, 0.0))
+        cells = [_fmt(r[metric]) for r in rows]
+        lines.append(f"| {metric} | {'↑' if higher else '↓'} | {w:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
