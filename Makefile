@@ -12,6 +12,8 @@ EXTRAS := data,train,quantize,eval,workflow,dev
 CORES ?= all
 # DeepSpeed compiles its ops just in time; keep them between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+# Shell rules call the environment's executables (torchrun, deepspeed: cpt.launcher).
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 

@@ -78,11 +78,15 @@ def world(tmp_path_factory):
     return root, base, shards
 
 
-@pytest.fixture(scope="session")
-def torch_extensions(request) -> str:
+def torch_extensions_dir(pytestconfig) -> str:
     """Where DeepSpeed's JIT-compiled ops live between test sessions."""
     given = os.environ.get("TORCH_EXTENSIONS_DIR")
-    return given or str(request.config.cache.mkdir("torch_extensions"))
+    return given or str(pytestconfig.cache.mkdir("torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def torch_extensions(pytestconfig) -> str:
+    return torch_extensions_dir(pytestconfig)
 
 
 def command(world, name, *, launcher="none", nproc=1, deepspeed=None, module=None, **options):

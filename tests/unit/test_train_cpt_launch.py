@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,6 +16,7 @@ import yaml
 from domainllm.errors import ConfigError
 from domainllm.train.common import cli_flags, launch_command
 from tests.conftest import REPO, make_workdir, snakemake
+from tests.unit._tiny_lm import sample_texts, write_shards
 
 
 def test_launch_command_per_launcher():
@@ -130,3 +136,44 @@ def test_the_default_config_keeps_the_one_process_script(workdir):
     block, command = planned_train_cpt(workdir, config)
     assert command == "None"  # scripts/train_cpt.py, one process: no shell command
     assert re.search(r"resources: .*\bgpu=1, nodes=1, runtime=240, mem_mb=8000\b", block), block
+
+
+@pytest.mark.slow
+def test_the_launcher_rule_trains_with_two_cpu_processes(tmp_path, pytestconfig):
+    """The planned torchrun command, run by Snakemake: ZeRO-2 over two CPU processes."""
+    from tests.unit.test_train_cpt import build_base
+    from tests.unit.test_train_cpt_distributed import torch_extensions_dir
+
+    workdir = make_workdir(tmp_path)
+    texts = sample_texts(60)
+    base = build_base(workdir / "results" / "base" / "tiny-ja", texts)
+    write_shards(base, workdir / "results" / "shards" / "tiny-ja", texts)
+    config = launch_config(
+        workdir, "run.yaml", launcher="torchrun", gpus_per_node=2, max_steps=4, save_steps=2,
+        deepspeed="config/deepspeed/zero2.json",
+    )  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TORCH_EXTENSIONS_DIR": torch_extensions_dir(pytestconfig),
+    }
+    # Only train_cpt: the base and shards above stand in for the upstream rules.
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "cpt",
+         "--cores", "2", "--allowed-rules", "train_cpt", "cpt", "--configfile", config],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    log = workdir / "logs" / "train_cpt.log"
+    assert proc.returncode == 0, proc.stderr[-3000:] + (
+        log.read_text()[-3000:] if log.exists() else ""
+    )
+    out = workdir / "results" / "models" / "tiny-test" / "cpt"
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["world_size"] == 2
+    step = (
+        workdir / "results" / "checkpoints" / "tiny-test" / "cpt" / "checkpoint-4" / "global_step4"
+    )
+    assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= {
+        p.name for p in step.iterdir()
+    }
+    assert "CPT of tiny-ja done: 4 steps" in log.read_text()
