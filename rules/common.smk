@@ -132,12 +132,15 @@ def tokenizer_base_dir(wildcards):
 
 
 def instruction_inputs(wildcards=None):
-    """Inputs of prepare_instructions: ELYZA-tasks-100, plus Self-Instruct when configured."""
+    """Inputs of prepare_instructions: ELYZA-tasks-100 and the configured instruction sources."""
     ins = config["data"]["instructions"]
-    out = {"elyza": ins["elyza"]}
-    if ins.get("self_instruct"):
-        out["self_instruct"] = ins["self_instruct"]
-    return out
+    return {"elyza": ins["elyza"], "sources": [s["path"] for s in ins["sources"]]}
+
+
+def sft_chat_template(wildcards=None):
+    """The chat template file of train_sft (sft.chat_template), or none."""
+    path = config["sft"]["chat_template"]
+    return [path] if path else []
 
 
 def chosen_base_setting(key, default=None):

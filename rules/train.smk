@@ -19,6 +19,8 @@ rule prepare_instructions:
         candidates=SFT_CANDIDATES,
         eval_prompts=EVAL_PROMPTS,
     params:
+        # The paths are inputs too (instruction_inputs), so a changed file reruns the rule.
+        sources=config["data"]["instructions"]["sources"],
         elyza_eval=config["data"]["instructions"]["elyza_eval"],
         seed=config["seed"],
     threads: 1
@@ -40,8 +42,12 @@ rule filter_sft:
     output:
         data=SFT_DATA,
         stats=f"{R}/data/sft_filter.json",
+        dropped_samples=f"{R}/data/sft_dropped_samples.jsonl",
     params:
         drop_quantile=config["sft"]["filter"]["drop_quantile"],
+        min_score=config["sft"]["filter"]["min_score"],
+        drop_feedback=config["sft"]["filter"]["drop_feedback"],
+        samples_per_reason=config["sft"]["filter"]["dropped_samples_per_reason"],
     threads: 1
     resources:
         mem_mb=2000,
@@ -146,6 +152,7 @@ rule train_sft:
         # The chosen base (already upstream of cpt): listed because trust_remote_code
         # is that candidate's setting, and a param may read a checkpoint only via an input.
         origin=chosen_base_dir,
+        chat_template=sft_chat_template,
     output:
         directory(model_dir("sft")),
     params:
@@ -154,6 +161,9 @@ rule train_sft:
         batch_size=config["sft"]["batch_size"],
         gradient_accumulation_steps=config["sft"]["gradient_accumulation_steps"],
         max_len=config["sft"]["max_len"],
+        batching=config["sft"]["batching"],
+        eval_fraction=config["sft"]["eval_fraction"],
+        lora=config["sft"]["lora"],
         learning_rate=config["sft"]["learning_rate"],
         warmup_ratio=config["sft"]["warmup_ratio"],
         save_steps=config["sft"]["save_steps"],

@@ -1,4 +1,4 @@
-"""Snakemake adapter: ELYZA-tasks-100 + Self-Instruct -> SFT candidates and eval prompts."""
+"""Snakemake adapter: ELYZA-tasks-100 + configured sources -> SFT candidates, eval prompts."""
 
 from domainllm.data.instructions import prepare_instructions
 from domainllm.logs import log_to
@@ -6,9 +6,9 @@ from domainllm.logs import log_to
 with log_to(snakemake.log[0]):  # noqa: F821
     prepare_instructions(
         snakemake.input.elyza,  # noqa: F821
-        snakemake.input.get("self_instruct"),  # noqa: F821
         snakemake.output.candidates,  # noqa: F821
         snakemake.output.eval_prompts,  # noqa: F821
+        sources=snakemake.params.sources,  # noqa: F821
         elyza_eval=snakemake.params.elyza_eval,  # noqa: F821
         seed=snakemake.params.seed,  # noqa: F821
     )

@@ -8,6 +8,7 @@ with log_to(snakemake.log[0]):  # noqa: F821
         snakemake.input.base,  # noqa: F821
         snakemake.input.data,  # noqa: F821
         snakemake.output[0],  # noqa: F821
+        chat_template=snakemake.input.get("chat_template") or None,  # noqa: F821
         threads=snakemake.threads,  # noqa: F821
-        **snakemake.params,  # noqa: F821 - max_len and the TrainOptions, by name
+        **snakemake.params,  # noqa: F821 - max_len, batching, lora, ... and the TrainOptions, by name
     )

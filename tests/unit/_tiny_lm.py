@@ -18,6 +18,7 @@ SAMPLES = ROOT / "data" / "samples"
 JCQA = SAMPLES / "jglue" / "jcommonsenseqa-v1.3_valid-v1.3.json"
 ELYZA = SAMPLES / "elyza_tasks_100" / "elyza_tasks_100.jsonl"
 SELF_INSTRUCT = SAMPLES / "self_instruct_en" / "seed_tasks.jsonl"
+PRODUCT_LOG = SAMPLES / "product_log" / "hh_rlhf_single_turn.jsonl"
 
 
 def _jsonl(path: Path, limit: int | None) -> list[dict]:
@@ -74,11 +75,12 @@ def prepare_sample_instructions(
     """prepare_instructions on the real ELYZA and Self-Instruct samples (or the given files)."""
     from domainllm.data.instructions import prepare_instructions
 
+    sources = [{"name": "self_instruct", "format": "self_instruct", "path": str(self_instruct)}]
     return prepare_instructions(
         str(elyza),
-        str(self_instruct) if self_instruct else None,
         str(candidates),
         str(eval_prompts),
+        sources=sources if self_instruct else [],
         elyza_eval=elyza_eval,
         seed=seed,
     )

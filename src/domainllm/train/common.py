@@ -500,6 +500,11 @@ def train_metrics(
     all devices together.
     """
     history = loss_history(state.log_history)
+    evals = [
+        {"step": int(r["step"]), "loss": float(r["eval_loss"])}
+        for r in state.log_history
+        if "eval_loss" in r and "step" in r
+    ]
     session_tokens = int(state.num_input_tokens_seen) - int(start_tokens)
     tokens_per_s = session_tokens / runtime if runtime > 0 else None
     peak = peak_flops_per_device(peak_flops)
@@ -513,6 +518,9 @@ def train_metrics(
         "first_loss": history[0]["loss"] if history else None,
         "last_loss": history[-1]["loss"] if history else None,
         "loss_history": history,
+        # Held-out loss (stages that evaluate, e.g. SFT); the last is at the final step.
+        "eval_loss": evals[-1]["loss"] if evals else None,
+        "eval_history": evals,
         "tokens_seen": int(state.num_input_tokens_seen),
         "session_tokens": session_tokens,
         "train_runtime_s": float(runtime),
@@ -594,13 +602,15 @@ def finish_from_checkpoint(
     world_size: int,
     extra: dict[str, Any],
     title: str,
+    finalize: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Write ``output`` from a checkpoint saved at the final step, without training.
 
     The Trainer, resumed at ``max_steps``, would still take one more step; a
     rerun after the training finished (output deleted, or a change that does
     not touch the run's identity such as ``save_steps``) instead copies the
-    checkpoint's model files and reports its recorded history.
+    checkpoint's model files and reports its recorded history. ``finalize`` is
+    the stage's last touch to the folder, as in :func:`run_stage`.
     """
     from transformers import TrainerState
 
@@ -613,6 +623,8 @@ def finish_from_checkpoint(
                 if f.is_file() and not _STATE_FILES.match(f.name):
                     shutil.copy2(f, tmp / f.name)
             _restore_use_cache(tmp / "config.json", Path(base) / "config.json")
+            if finalize is not None:
+                finalize(tmp)
             if not any(tmp.glob("*.safetensors")):
                 raise PipelineError(
                     f"{checkpoint}: no consolidated safetensors weights to finish from (ZeRO-3 "
@@ -637,6 +649,9 @@ def run_stage(
     identity: dict[str, Any],
     build: Callable[[Any, Any], tuple[Any, Any, dict[str, Any]]],
     extra: dict[str, Any],
+    *,
+    trainer_factory: Callable[..., Any] | None = None,
+    finalize: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Resume-or-start one training stage and write its output folder.
 
@@ -652,6 +667,10 @@ def run_stage(
         build: ``(model, tokenizer) -> (train_dataset, data_collator, data_fields)``;
             ``data_fields`` join the metrics.
         extra: fields of the metrics known without loading anything.
+        trainer_factory: builds the trainer from the Trainer's keyword arguments
+            (model, args, train_dataset, data_collator, processing_class); None: Trainer.
+        finalize: called on the main process with the temporary output folder once
+            the model and tokenizer are in it (e.g. to merge adapters).
 
     Returns:
         The metrics (empty on non-main processes).
@@ -678,8 +697,9 @@ def run_stage(
     }
     if resume is not None and checkpoint_step(resume) >= max_steps:
         return finish_from_checkpoint(
-            resume, output, base=base, world_size=world, extra=extra, title=title
-        )
+            resume, output, base=base, world_size=world, extra=extra, title=title,
+            finalize=finalize,
+        )  # fmt: skip
 
     model, tokenizer = load_model(
         base, trust_remote_code=options.trust_remote_code, allow_pickle=options.allow_pickle
@@ -694,7 +714,7 @@ def run_stage(
         start_tokens = int(state.get("num_input_tokens_seen", 0))
         log.info("resuming from %s", resume)
 
-    trainer = Trainer(
+    trainer = (trainer_factory or Trainer)(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -712,6 +732,8 @@ def run_stage(
         trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the shards here
         if is_main_process():
             tokenizer.save_pretrained(str(tmp))
+            if finalize is not None:
+                finalize(tmp)
             # save_model also drops the TrainingArguments pickle; the folder loads
             # with safetensors only.
             (tmp / "training_args.bin").unlink(missing_ok=True)
