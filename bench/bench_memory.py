@@ -78,7 +78,12 @@ def main() -> None:
         work = args.work / str(n)
         work.mkdir(parents=True, exist_ok=True)
         corpus = work / "corpus.jsonl.gz"
-        meta = write_corpus(n, corpus, min_sents=2, max_sents=4)
+        meta_file = work / "corpus.meta.json"
+        if corpus.exists() and meta_file.exists():  # reuse the corpus of an earlier run
+            meta = json.loads(meta_file.read_text())
+        else:
+            meta = write_corpus(n, corpus, min_sents=2, max_sents=4)
+            meta_file.write_text(json.dumps(meta))
         row = {
             "docs": n,
             "chars": meta["chars"],

@@ -185,7 +185,10 @@ def clean_corpus(
     if not Path(docs).exists():
         raise DataError(f"{docs}: file not found")
     try:
-        table = pq.ParquetFile(docs)
+        # pre_buffer off: with it, pyarrow keeps the buffered column chunks of every
+        # row group read so far (resident memory grew with the file: 353 MB vs 131 MB
+        # for 1M short documents).
+        table = pq.ParquetFile(docs, pre_buffer=False)
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(f"{docs}: not a readable Parquet file ({e})") from e
     cols = ["id", "source", "title", "text", "lang"]
@@ -292,7 +295,7 @@ def clean_corpus(
         with atomic_path(out_path) as tmp:
             out_writer = None
             if writer is not None:
-                surv = pq.ParquetFile(survivors)
+                surv = pq.ParquetFile(survivors, pre_buffer=False)
                 bar = tqdm(total=surv.metadata.num_rows, desc="clean: dedup", mininterval=5)
                 for record_batch in surv.iter_batches(batch_size=READ_ROWS):
                     batch = pl.from_arrow(record_batch)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,9 +214,12 @@ class DuplicateFinder:
         )
         self.hasher = MinHasher(num_perm, ngram, seed) if near else None
         self.n = 0
+        names = ["rows", "digests"]
+        if near:
+            names += ["sigs", *(f"band{b}" for b in range(self.bands))]
         self._files = {
             name: open(self.folder / f"{name}.bin", "wb")  # noqa: SIM115 (closed in find)
-            for name in (["rows", "digests"] + (["sigs", "bands"] if near else []))
+            for name in names
         }
 
     def add(self, rows: Sequence[int], texts: Sequence[str]) -> None:
@@ -225,24 +229,42 @@ class DuplicateFinder:
         if self.hasher is not None:
             sigs = self.hasher.signatures(texts)
             self._files["sigs"].write(sigs.tobytes())
-            self._files["bands"].write(band_hashes(sigs, self.bands, self.rows_per_band).tobytes())
+            hashes = band_hashes(sigs, self.bands, self.rows_per_band)
+            for b in range(self.bands):  # one file per band: find reads one column at a time
+                self._files[f"band{b}"].write(hashes[:, b].tobytes())
         self.n += len(rows)
 
-    def _array(self, name: str, dtype, width: int = 1) -> np.ndarray:
-        arr = np.memmap(self.folder / f"{name}.bin", dtype=dtype, mode="r") if self.n else None
-        if arr is None:
-            return np.zeros((0, width) if width > 1 else 0, dtype=dtype)
+    def _read(self, name: str, dtype, width: int = 1) -> np.ndarray:
+        """A key file read into memory (not memory-mapped: mapped pages count as resident)."""
+        arr = np.fromfile(self.folder / f"{name}.bin", dtype=dtype)
         return arr.reshape(self.n, width) if width > 1 else arr
+
+    def _signature_agreement(self, pairs: np.ndarray) -> np.ndarray:
+        """For each pair of document indices: signature positions on which they agree."""
+        num_perm = self.hasher.num_perm
+        width = num_perm * 4
+        out = np.empty(len(pairs), dtype=np.int32)
+        with open(self.folder / "sigs.bin", "rb") as f:
+            fd = f.fileno()
+            for s in range(0, len(pairs), _PAIR_CHUNK):
+                p = pairs[s : s + _PAIR_CHUNK]
+                need, local = np.unique(p, return_inverse=True)
+                sig = np.empty((len(need), num_perm), dtype=np.uint32)
+                for k, i in enumerate(need.tolist()):
+                    sig[k] = np.frombuffer(os.pread(fd, width, i * width), dtype=np.uint32)
+                local = local.reshape(-1, 2)
+                out[s : s + len(p)] = (sig[local[:, 0]] == sig[local[:, 1]]).sum(axis=1)
+        return out
 
     def find(self) -> Duplicates:
         """Close the files and return every duplicate with the first row of its group."""
         for f in self._files.values():
             f.close()
-        rows = np.array(self._array("rows", np.int64))
+        rows = self._read("rows", np.int64)
         # Exact: equal digests; the first in table order stays.
-        digests = self._array("digests", np.uint64, 2)
+        digests = self._read("digests", np.uint64, 2)
         order = np.lexsort((np.arange(self.n), digests[:, 1], digests[:, 0]))
-        starts = _run_starts(np.asarray(digests[order]))
+        starts = _run_starts(digests[order])
         group_first = order[np.maximum.accumulate(np.where(starts, np.arange(self.n), 0))]
         exact_of = np.empty(self.n, dtype=np.int64)
         exact_of[order] = group_first  # index of the first copy, itself when unique
@@ -277,9 +299,8 @@ class DuplicateFinder:
 
         idx = np.flatnonzero(active)
         pairs = []
-        bands = self._array("bands", np.uint64, self.bands)
         for b in range(self.bands):
-            h = np.asarray(bands[idx, b])
+            h = self._read(f"band{b}", np.uint64)[idx]
             order = np.argsort(h, kind="stable")  # equal hashes stay in table order
             sh, members = h[order], idx[order]
             same = np.flatnonzero(sh[1:] == sh[:-1]) + 1
@@ -294,15 +315,8 @@ class DuplicateFinder:
             return out
         pairs = np.unique(np.concatenate(pairs), axis=0)
         pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-        sigs = self._array("sigs", np.uint32, self.hasher.num_perm)
         need = math.ceil(self.threshold * self.hasher.num_perm - 1e-9)
-        keep = np.zeros(len(pairs), dtype=bool)
-        for s in range(0, len(pairs), _PAIR_CHUNK):
-            p = pairs[s : s + _PAIR_CHUNK]
-            keep[s : s + len(p)] = (np.asarray(sigs[p[:, 0]]) == np.asarray(sigs[p[:, 1]])).sum(
-                axis=1
-            ) >= need
-        pairs = pairs[keep]
+        pairs = pairs[self._signature_agreement(pairs) >= need]
         if len(pairs) == 0:
             return out
         nodes, local = np.unique(pairs, return_inverse=True)

@@ -2,17 +2,20 @@
 
 Each source of ``corpus.sources`` is streamed by the reader registered for its
 format (see ``domainllm.corpus.readers``: mediawiki, jsonl, json, parquet,
-text_dir, hf_dataset). Documents are written in batches to Parquet parts and
-merged at the end, so memory does not grow with the corpus; on any error the
-parts are removed and no output is written.
+text_dir, hf_dataset). Documents are written in batches, one Parquet row group
+at a time, to a temporary file renamed into place at the end, so memory does
+not grow with the corpus (document ids are checked for repeats through 8-byte
+hashes); on any error the temporary file is removed and no output is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from domainllm.corpus.readers import SourceStats, get_reader, skipping
 from domainllm.errors import DataError, PipelineError
@@ -28,6 +31,35 @@ ROW_GROUP_ROWS = 8192  # rows per row group of docs.parquet: bounds what a strea
 def stats_path_for(output: str | Path) -> Path:
     """The ingest statistics file that sits next to ``docs.parquet``."""
     return Path(output).with_name("docs_stats.json")
+
+
+def _key_hashes(keys: list[str]) -> np.ndarray:
+    """64-bit BLAKE2b hashes of document keys (uint64)."""
+    digest = b"".join(hashlib.blake2b(k.encode("utf-8"), digest_size=8).digest() for k in keys)
+    return np.frombuffer(digest, dtype=np.uint64)
+
+
+def _check_unique_keys(hashes: np.ndarray, source: dict, n: int) -> None:
+    """Raise if two documents of ``source`` share a key (found through their hashes).
+
+    A repeated hash is confirmed by re-reading the source's keys, so a hash
+    collision alone never fails a run.
+    """
+    order = np.sort(hashes)
+    repeated = order[1:][order[1:] == order[:-1]]
+    if len(repeated) == 0:
+        return
+    wanted = set(repeated.tolist())
+    seen: set[str] = set()
+    reader = get_reader(source["format"], "")
+    for count, doc in enumerate(reader(source, SourceStats(), "")):
+        if count >= n:
+            break
+        if _key_hashes([doc.key])[0] in wanted:
+            if doc.key in seen:
+                where = f"{source['path']}: duplicate document id '{doc.key}'"
+                raise DataError(f"{where} in source {source['name']}")
+            seen.add(doc.key)
 
 
 def ingest_corpus(sources: list[dict], output: str, stats: str | None = None) -> None:
@@ -50,7 +82,8 @@ def ingest_corpus(sources: list[dict], output: str, stats: str | None = None) ->
             or a duplicate document id within a source, naming the file (and
             line where known).
     """
-    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     stats_file = Path(stats) if stats else stats_path_for(output)
@@ -61,16 +94,13 @@ def ingest_corpus(sources: list[dict], output: str, stats: str | None = None) ->
 
     report: dict = {"sources": {}, "total_docs": 0}
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.parts-") as parts_dir:
-        parts: list[Path] = []
+    schema = pa.schema([(c, pa.string()) for c in COLUMNS])
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         batch: dict[str, list] = {c: [] for c in COLUMNS}
 
         def flush() -> None:
             if batch["id"]:
-                part = Path(parts_dir) / f"part_{len(parts):05d}.parquet"
-                pl.DataFrame(batch, schema={c: pl.String for c in COLUMNS}).write_parquet(part)
-                parts.append(part)
+                writer.write_table(pa.table(batch, schema=schema), row_group_size=ROW_GROUP_ROWS)
                 for v in batch.values():
                     v.clear()
 
@@ -82,28 +112,29 @@ def ingest_corpus(sources: list[dict], output: str, stats: str | None = None) ->
             reader = get_reader(fmt, key)
             limit = source.get("limit")
             st = SourceStats()
-            seen: set[str] = set()
+            key_hashes: list[np.ndarray] = []
+            keys: list[str] = []
             t0 = time.perf_counter()
             with tqdm(desc=f"ingest {name}", unit="doc", mininterval=5) as bar:
                 for doc in reader(source, st, key):
-                    doc_id = f"{name}/{doc.key}"
-                    if doc_id in seen:
-                        raise DataError(
-                            f"{path}: duplicate document id '{doc.key}' in source {name}"
-                        )
-                    seen.add(doc_id)
-                    batch["id"].append(doc_id)
+                    keys.append(doc.key)
+                    batch["id"].append(f"{name}/{doc.key}")
                     batch["source"].append(name)
                     batch["title"].append(doc.title)
                     batch["text"].append(doc.text)
                     batch["lang"].append(source["lang"])
                     st.kept += 1
                     bar.update()
+                    if len(keys) >= BATCH_DOCS:
+                        key_hashes.append(_key_hashes(keys))
+                        keys.clear()
                     if len(batch["id"]) >= BATCH_DOCS:
                         flush()
                     if limit is not None and st.kept >= limit:
                         st.notes.append(f"stopped at limit={limit} ({key}.limit)")
                         break
+            key_hashes.append(_key_hashes(keys))
+            _check_unique_keys(np.concatenate(key_hashes), source, st.kept)
             if st.read == 0:
                 msg = f"{path}: empty source: no records (config key {key}.path)"
                 if not skipping(source):
@@ -130,9 +161,5 @@ def ingest_corpus(sources: list[dict], output: str, stats: str | None = None) ->
         flush()
         if report["total_docs"] == 0:
             raise PipelineError("corpus.sources: no documents were read from any source")
-        with atomic_path(out) as tmp:
-            pl.scan_parquet(parts).sink_parquet(
-                tmp, compression="zstd", statistics=True, row_group_size=ROW_GROUP_ROWS
-            )
     write_json(report, stats_file)
     log.info("wrote %d documents to %s", report["total_docs"], out)

@@ -711,7 +711,7 @@ def _iter_parquet(source: dict, stats: SourceStats, columns: list[str], key: str
 
     path = source["path"]
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group read
     except FileNotFoundError as e:
         raise DataError(f"{path}: file not found (config key {key}.path)") from e
     except (pa.ArrowException, OSError) as e:
