@@ -400,3 +400,22 @@ def test_sft_trainer_loss_is_the_same_padded_or_padding_free(world, tokenizer, t
                 batch = collate(tokenizer, examples, padding_free=padding_free)
                 losses.append(trainer.compute_loss(model, batch).item())
     assert losses == pytest.approx([losses[0]] * 4, rel=1e-4)
+
+
+def test_module_entry_point_passes_batching_and_lora(world):
+    from domainllm.train.sft import main
+
+    root, base, data = world
+    out = root / "cli"
+    args = [
+        "--base", str(base), "--data", str(data), "--output", str(out),
+        "--checkpoint-dir", str(root / "cli-ckpt"), "--max-steps", "2", "--save-steps", "2",
+        "--batch-size", "2", "--max-len", "64", "--batching", "packed", "--lora-r", "2",
+        "--lora-target-modules", "q_proj,v_proj", "--eval-fraction", "0.05", "--threads", "1",
+    ]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["batching"] == "packed" and metrics["eval_fraction"] == 0.05
+    assert metrics["lora"] == {"r": 2, "alpha": 32.0, "dropout": 0.05,
+                               "target_modules": ["q_proj", "v_proj"]}  # fmt: skip
+    assert (out / "adapter" / "adapter_config.json").is_file() and metrics["steps"] == 2

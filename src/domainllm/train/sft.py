@@ -124,6 +124,11 @@ def assistant_turn(tokenizer) -> AssistantTurn:
     suffix_ids = _ids(tokenizer, suffix) if suffix else []
     special = set(tokenizer.all_special_ids)
     if not suffix_ids or suffix_ids[-1] not in special:
+        if tokenizer.eos_token_id is None:
+            raise PipelineError(
+                "the chat template ends an assistant turn without a special token and the "
+                "tokenizer has no eos token: the model could not learn to stop"
+            )
         suffix_ids.append(tokenizer.eos_token_id)
     return AssistantTurn(full[len(prompt) : at], tuple(suffix_ids))
 
