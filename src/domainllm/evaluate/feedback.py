@@ -27,6 +27,9 @@ from domainllm.io import atomic_path, read_json, write_json, write_text
 log = logging.getLogger(__name__)
 
 _EVALUATORS: dict[str, type] = {}
+# Kinds defined in other modules: imported when a folder of that kind is first loaded,
+# so importing this module never imports torch.
+_LAZY_EVALUATORS = {"judge": "domainllm.evaluate.judge"}
 
 
 def register_evaluator(name: str):
@@ -346,6 +349,10 @@ def load_evaluator(path: str | Path):
     if not meta_path.is_file():
         raise DataError(f"{folder}: not an evaluator folder (evaluator.json missing)")
     kind = read_json(meta_path).get("kind")
+    if kind not in _EVALUATORS and kind in _LAZY_EVALUATORS:
+        import importlib
+
+        importlib.import_module(_LAZY_EVALUATORS[kind])
     if kind not in _EVALUATORS:
         raise DataError(
             f"{meta_path}: unknown evaluator kind '{kind}' (known: {', '.join(_EVALUATORS)})"
