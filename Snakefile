@@ -31,6 +31,7 @@ rule all:
         SELECTION_TABLE,
         CORPUS_SELECTED,
         CORPUS_EMBED_CHECK,
+        QUANT_QUALITY,
 
 
 rule corpus:
@@ -57,6 +58,7 @@ rule sft:
 rule quantize:
     input:
         model_dir("sft-gptq"),
+        QUANT_QUALITY,
 
 
 rule evaluate:

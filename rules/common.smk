@@ -42,6 +42,10 @@ EVALUATOR_DIR = f"{R}/evaluators/feedback-lgbm"
 SELECTION_TABLE = f"{R}/selection/table.parquet"
 CHOSEN = f"{R}/selection/chosen.json"
 EVAL_TABLE = f"{R}/eval/table.parquet"
+# The quality table of the quantised model: full precision vs GPTQ vs round-to-nearest.
+QUANT_QUALITY = f"{R}/quantize/{MODEL}/quality.json"
+QUANT_QUALITY_MD = f"{R}/quantize/{MODEL}/quality.md"
+QUALITY_GPU = 0 if config["quantize"]["quality"]["device"] == "cpu" else 1
 
 if config["base"]["choose"] != "auto" and config["base"]["choose"] not in CANDIDATES:
     raise ValueError(

@@ -1,7 +1,8 @@
-# Post-training quantisation: GPTQ (llm-compressor) of the instruction-tuned model,
-# calibrated on random windows of the domain shards. The output is a
-# compressed-tensors folder that vLLM and transformers both load; quantize.json in
-# it compares perplexity before/after with a round-to-nearest baseline.
+# Post-training quantisation of the instruction-tuned model: GPTQ (llm-compressor),
+# calibrated on random windows of the domain shards, and its round-to-nearest (RTN)
+# baseline with the same scheme. Both are compressed-tensors folders that vLLM and
+# transformers load; quantize_quality compares them with full precision on held-out
+# domain text, size on disk and generation speed.
 
 
 rule quantize_gptq:
@@ -34,3 +35,61 @@ rule quantize_gptq:
         "../envs/quantize.yaml"
     script:
         "../scripts/quantize_gptq.py"
+
+
+rule quantize_rtn:
+    input:
+        model=model_dir("sft"),
+        origin=chosen_base_dir,
+    output:
+        directory(model_dir("sft-rtn")),
+    params:
+        scheme=config["quantize"]["scheme"],
+        group_size=config["quantize"]["group_size"],
+        ignore=config["quantize"]["ignore"],
+        seed=config["seed"],
+        trust_remote_code=chosen_base_setting("trust_remote_code", False),
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    log:
+        f"{L}/quantize_rtn.log",
+    conda:
+        "../envs/quantize.yaml"
+    script:
+        "../scripts/quantize_rtn.py"
+
+
+rule quantize_quality:
+    input:
+        full=model_dir("sft"),
+        gptq=model_dir("sft-gptq"),
+        rtn=model_dir("sft-rtn"),
+        heldout=DOMAIN_HELDOUT,
+        prompts=EVAL_PROMPTS,
+        origin=chosen_base_dir,
+    output:
+        json=QUANT_QUALITY,
+        md=QUANT_QUALITY_MD,
+    params:
+        model_name=MODEL,
+        # The window of base selection and evaluation, so perplexities compare.
+        seq_len=config["base"]["selection"]["ppl_seq_len"],
+        n_prompts=config["quantize"]["quality"]["prompts"],
+        max_new_tokens=config["quantize"]["quality"]["max_new_tokens"],
+        generate_batch_size=config["quantize"]["quality"]["batch_size"],
+        repeats=config["quantize"]["quality"]["repeats"],
+        device=config["quantize"]["quality"]["device"],
+        trust_remote_code=chosen_base_setting("trust_remote_code", False),
+    threads: 1
+    resources:
+        gpu=QUALITY_GPU,
+        mem_mb=8000,
+        runtime=60,
+    log:
+        f"{L}/quantize_quality.log",
+    conda:
+        "../envs/quantize.yaml"
+    script:
+        "../scripts/quantize_quality.py"

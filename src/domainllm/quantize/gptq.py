@@ -1,11 +1,14 @@
-"""GPTQ post-training quantisation with llm-compressor, plus an RTN baseline.
+"""GPTQ post-training quantisation with llm-compressor, and its round-to-nearest baseline.
 
-Calibration sequences are random windows (seeded) of the domain shards; other
-windows of the same shards, never seen by calibration, measure perplexity of the
-full-precision model, the GPTQ model and a round-to-nearest (RTN) model with the
-same bit width and group size, so quantise.json shows what GPTQ buys over RTN.
-The output folder is a compressed-tensors ``save_pretrained`` folder (vLLM and
-transformers load it) with the tokenizer and quantize.json.
+:func:`quantize_gptq` runs ``GPTQModifier`` through ``oneshot``, calibrated on
+random windows (seeded) of the domain shards; other windows of the same shards,
+never seen by calibration, give a quick perplexity check before and after, so a
+broken quantisation fails here. :func:`quantize_rtn` runs ``QuantizationModifier``
+with the same scheme, group size and ignored layers and no calibration data:
+plain round-to-nearest, the baseline :mod:`domainllm.quantize.quality` compares
+GPTQ with. Both write a compressed-tensors ``save_pretrained`` folder (vLLM and
+transformers load it) with the tokenizer, llm-compressor's recipe.yaml and
+quantize.json (the knobs and calibration actually used).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from domainllm.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 TARGETS = ["Linear"]
+# Activation orderings llm-compressor's GPTQ runs ("group" is deprecated and refused).
+ACTORDERS = (None, "weight")
 
 
 def parse_scheme(scheme: str) -> tuple[int, int]:
@@ -67,9 +72,8 @@ def calibration_windows(
     eval_idx = np.sort(order[n_calib : n_calib + n_eval])
 
     def take(idx):
-        return np.stack([np.asarray(tokens[i * seq_len : (i + 1) * seq_len]) for i in idx]).astype(
-            np.int64
-        )
+        rows = [np.asarray(tokens[i * seq_len : (i + 1) * seq_len]) for i in idx]
+        return np.stack(rows).astype(np.int64) if rows else np.zeros((0, seq_len), np.int64)
 
     return take(calib_idx), take(eval_idx)
 
@@ -133,6 +137,11 @@ def build_recipe(
 
     groups = quant_config_groups(scheme, group_size)
     if method == "gptq":
+        if actorder not in ACTORDERS:
+            raise PipelineError(
+                f"config key 'quantize.actorder': {actorder!r} is not one of "
+                f"{', '.join(map(repr, ACTORDERS))} (llm-compressor's GPTQ supports only these)"
+            )
         # actorder=None is passed explicitly: GPTQModifier's default turns static ordering on.
         return GPTQModifier(
             config_groups=groups,
@@ -222,6 +231,12 @@ def _quantize_to(
     del model
 
 
+def _check_finite(output, values: dict[str, float]) -> None:
+    for name, value in values.items():
+        if not np.isfinite(value):
+            raise PipelineError(f"{output}: perplexity {name} is not finite ({value})")
+
+
 def quantize_gptq(
     model: str,
     shards: str,
@@ -246,14 +261,14 @@ def quantize_gptq(
         output: the quantised folder to write (atomically), with quantize.json inside.
         scheme: llm-compressor preset (W4A16, W8A16).
         group_size: weight columns sharing one scale.
-        actorder: GPTQ activation ordering (None, "group", "weight").
+        actorder: GPTQ activation ordering (None or "weight"; llm-compressor refuses "group").
         dampening_frac: Hessian dampening as a fraction of its mean diagonal.
         ignore: modules left in full precision.
         calibration_samples: calibration windows drawn from the shards.
         calibration_seq_len: tokens per window.
         seed: seeds the window draw and torch.
         trust_remote_code: allow custom model code in ``model``.
-        eval_windows: held-out windows for the perplexity comparison.
+        eval_windows: held-out shard windows for the perplexity check (0 skips it).
 
     Returns:
         The quantize.json record.
@@ -282,34 +297,14 @@ def quantize_gptq(
         calibration_seq_len,
         len(heldout),
     )
+    ppl_before = None
+    if len(heldout):
+        ppl_before = folder_perplexity(model_dir, heldout, trust_remote_code=trust_remote_code)
+        log.info("shard perplexity before: %.3f", ppl_before)
 
-    # Full precision on held-out windows.
-    ppl_before = folder_perplexity(model_dir, heldout, trust_remote_code=trust_remote_code)
-    log.info("perplexity before: %.3f", ppl_before)
-
-    recipe_kwargs = dict(
-        scheme=scheme,
-        group_size=group_size,
-        actorder=actorder,
-        dampening_frac=dampening_frac,
-        ignore=ignore,
-    )
     Path(output).resolve().parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".rtn-", dir=Path(output).resolve().parent) as rtn_dir:
-        _quantize_to(
-            "rtn",
-            model_dir,
-            Path(rtn_dir),
-            None,
-            trust_remote_code=trust_remote_code,
-            seed=seed,
-            recipe_kwargs=recipe_kwargs,
-        )
-        ppl_rtn = folder_perplexity(rtn_dir, heldout, trust_remote_code=trust_remote_code)
-    log.info("perplexity RTN: %.3f", ppl_rtn)
-
-    t_gptq = time.perf_counter()
     with atomic_path(output, directory=True) as tmp:
+        t_gptq = time.perf_counter()
         _quantize_to(
             "gptq",
             model_dir,
@@ -317,16 +312,20 @@ def quantize_gptq(
             calib,
             trust_remote_code=trust_remote_code,
             seed=seed,
-            recipe_kwargs=recipe_kwargs,
+            recipe_kwargs=dict(
+                scheme=scheme,
+                group_size=group_size,
+                actorder=actorder,
+                dampening_frac=dampening_frac,
+                ignore=ignore,
+            ),
         )
         gptq_seconds = time.perf_counter() - t_gptq
-        ppl_after = folder_perplexity(tmp, heldout, trust_remote_code=trust_remote_code)
-        log.info("perplexity GPTQ: %.3f", ppl_after)
-        for name, value in [("before", ppl_before), ("gptq", ppl_after), ("rtn", ppl_rtn)]:
-            if not np.isfinite(value):
-                raise PipelineError(
-                    f"{output}: perplexity {name} quantisation is not finite ({value})"
-                )
+        ppl_after = None
+        if len(heldout):
+            ppl_after = folder_perplexity(tmp, heldout, trust_remote_code=trust_remote_code)
+            log.info("shard perplexity after: %.3f", ppl_after)
+            _check_finite(output, {"before": ppl_before, "after GPTQ": ppl_after})
         before_bytes, after_bytes = weights_bytes(model_dir), weights_bytes(tmp)
         record = {
             "method": "gptq",
@@ -346,10 +345,80 @@ def quantize_gptq(
             "weights_bytes_before": before_bytes,
             "weights_bytes_after": after_bytes,
             "compression_ratio": before_bytes / after_bytes if after_bytes else None,
-            "perplexity_before": ppl_before,
-            "perplexity_after": ppl_after,
-            "perplexity_rtn": ppl_rtn,
+            # On shard windows disjoint from calibration: a quick check, not the quality
+            # table (domainllm.quantize.quality measures held-out domain text).
+            "shard_perplexity_before": ppl_before,
+            "shard_perplexity_after": ppl_after,
             "gptq_seconds": gptq_seconds,
+            "seconds": time.perf_counter() - t0,
+        }
+        write_json(record, tmp / "quantize.json")
+    log.info("wrote %s: %s", output, record)
+    return record
+
+
+def quantize_rtn(
+    model: str,
+    output: str,
+    *,
+    scheme: str = "W4A16",
+    group_size: int = 128,
+    ignore: list[str] | tuple[str, ...] = ("lm_head",),
+    seed: int = 1234,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Round-to-nearest baseline: ``model`` quantised with the scheme of GPTQ, no calibration.
+
+    llm-compressor's ``QuantizationModifier`` with a weight-only scheme takes every
+    group's scale from its min/max and rounds each weight to the nearest level:
+    what GPTQ would do without its error compensation.
+
+    Args:
+        model: save_pretrained folder of the full-precision model (with tokenizer).
+        output: the quantised folder to write (atomically), with quantize.json inside.
+        scheme: llm-compressor preset (W4A16, W8A16); weight-only, as GPTQ's.
+        group_size: weight columns sharing one scale.
+        ignore: modules left in full precision.
+        seed: seeds torch (RTN itself is deterministic).
+        trust_remote_code: allow custom model code in ``model``.
+
+    Returns:
+        The quantize.json record.
+    """
+    t0 = time.perf_counter()
+    model_dir = Path(model).resolve()
+    bits, act_bits = parse_scheme(scheme)
+    ignore = list(ignore)
+    Path(output).resolve().parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output, directory=True) as tmp:
+        _quantize_to(
+            "rtn",
+            model_dir,
+            tmp,
+            None,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            recipe_kwargs=dict(
+                scheme=scheme,
+                group_size=group_size,
+                actorder=None,
+                dampening_frac=0.0,
+                ignore=ignore,
+            ),
+        )
+        before_bytes, after_bytes = weights_bytes(model_dir), weights_bytes(tmp)
+        record = {
+            "method": "rtn",
+            "scheme": scheme,
+            "bits": bits,
+            "activation_bits": act_bits,
+            "group_size": group_size,
+            "ignore": ignore,
+            "seed": seed,
+            "source_model": str(model),
+            "weights_bytes_before": before_bytes,
+            "weights_bytes_after": after_bytes,
+            "compression_ratio": before_bytes / after_bytes if after_bytes else None,
             "seconds": time.perf_counter() - t0,
         }
         write_json(record, tmp / "quantize.json")
