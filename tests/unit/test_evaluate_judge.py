@@ -350,10 +350,9 @@ def _server(lm: LocalJudgeLM, requests: list, top_override=None):
                 lm.tokenizer.decode([int(i)]): float(v) for v, i in zip(values, ids, strict=True)
             }
         if request.url.path.endswith("/chat/completions"):
-            content = [
-                {"token": max(top, key=top.get), "logprob": max(top.values()),
-                 "top_logprobs": [{"token": t, "logprob": v} for t, v in top.items()]}
-            ]  # fmt: skip
+            alternatives = [{"token": t, "logprob": v} for t, v in top.items()]
+            best = max(top, key=top.get)
+            content = [{"token": best, "logprob": top[best], "top_logprobs": alternatives}]
             choice = {"index": 0, "message": {"content": "x"}, "logprobs": {"content": content}}
         else:
             choice = {"index": 0, "text": "x", "logprobs": {"top_logprobs": [top]}}
@@ -400,13 +399,13 @@ def test_openai_reply_without_yes_or_no_is_counted_not_half(yes_no_model, local,
     assert [v.found for v in verdicts] == [False, False]
     assert all(math.isnan(v.p_yes) for v in verdicts) and verdicts[0].top == "the"
     # Server tokens are matched by string: " Yes", "YES" and "Ġno" count.
+    top = {" Yes": math.log(0.3), "YES": math.log(0.1), "Ġno": math.log(0.2), "x": -0.1}
     api2 = OpenAIJudgeLM(
         str(yes_no_model),
         base_url="http://judge.test/v1",
         served_model="judge",
         endpoint=endpoint,
-        transport=_server(local, [], top_override={" Yes": math.log(0.3), "YES": math.log(0.1),
-                                                   "Ġno": math.log(0.2), "x": -0.1}),
-    )  # fmt: skip
+        transport=_server(local, [], top_override=top),
+    )
     (v,) = api2.verdicts(_prompts(1), template)
     assert v.found and v.p_yes == pytest.approx(0.4 / 0.6)
