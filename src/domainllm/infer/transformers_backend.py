@@ -2,14 +2,29 @@
 
 Prompts are sorted by length before batching (less padding) and results put back
 in the input order. Padding is on the left and the attention mask marks it, so a
-prompt's greedy output does not depend on the batch it lands in.
+prompt's greedy output does not depend on the batch it lands in. Log-probabilities
+are those of the model's raw distribution (before temperature, top-p or logit
+bias), as vLLM and OpenAI-compatible servers report them.
 """
 
 from __future__ import annotations
 
 import logging
 
-from domainllm.infer.base import Backend, Generation, SamplingParams, register_backend
+from transformers import StoppingCriteria
+
+from domainllm.errors import PipelineError
+from domainllm.infer.base import (
+    OVERFLOW,
+    Backend,
+    Generation,
+    SamplingParams,
+    check_logit_bias,
+    cut_at_stop,
+    find_stop,
+    fit_prompt,
+    register_backend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +41,7 @@ class TransformersBackend(Backend):
         dtype: torch dtype name passed to the loader (None keeps the saved one).
         trust_remote_code: allow custom model code from the folder.
         allow_pickle: allow pickled .bin weights.
+        overflow: a prompt longer than the context: "truncate" (keep its end) or "error".
     """
 
     def __init__(
@@ -38,12 +54,16 @@ class TransformersBackend(Backend):
         dtype: str | None = None,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
+        overflow: str = "truncate",
         **_: object,
     ):
         from domainllm.models.loading import default_device, load_for_inference
 
+        if overflow not in OVERFLOW:
+            raise PipelineError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
         self.path = str(model)
         self.chat = chat
+        self.overflow = overflow
         self.batch_size = max(1, int(batch_size))
         self.device = device or default_device()
         self.model, self.tokenizer = load_for_inference(
@@ -78,83 +98,110 @@ class TransformersBackend(Backend):
 
         return format_prompt(self.tokenizer, prompt)
 
-    def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
-        """Token ids of one prompt, cut from the left to leave room for the answer."""
+    def tokenize(self, prompt: str) -> list[int]:
+        """Token ids of one prompt as the model sees it, before any truncation."""
         # The chat template writes bos itself; a raw prompt gets the tokenizer's specials.
-        ids = self.tokenizer(self.format_prompt(prompt), add_special_tokens=not self.chat)[
+        return self.tokenizer(self.format_prompt(prompt), add_special_tokens=not self.chat)[
             "input_ids"
         ]
-        if self.max_positions:
-            room = self.max_positions - max_new_tokens
-            if room < 1:
-                raise ValueError(
-                    f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
-                    f"{self.max_positions} positions of {self.path}"
-                )
-            if len(ids) > room:
-                log.warning("prompt of %d tokens cut to its last %d", len(ids), room)
-                ids = ids[-room:]
-        return ids
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def encode(self, prompt: str, max_new_tokens: int, index: int = 0) -> tuple[list[int], bool]:
+        """Token ids of one prompt, cut from the left (or refused) to leave room for the answer."""
+        return fit_prompt(
+            self.tokenize(prompt),
+            context=self.max_positions,
+            max_new_tokens=max_new_tokens,
+            overflow=self.overflow,
+            index=index,
+            where=self.path,
+        )
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
         import torch
         from tqdm import tqdm
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, StoppingCriteriaList
 
+        check_logit_bias(params, len(self.tokenizer), self.path)
         torch.manual_seed(params.seed)
         if torch.cuda.is_available():
             torch.cuda.manual_seed_all(params.seed)
-        encoded = [self.encode(p, params.max_new_tokens) for p in prompts]
+        encoded = [self.encode(p, params.max_new_tokens, i) for i, p in enumerate(prompts)]
         # Longest first: an out-of-memory error shows on the first batch, not the last.
-        order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+        order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i][0]), i))
         sampling = params.temperature > 0
         gen_config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             do_sample=sampling,
             temperature=params.temperature if sampling else None,
             top_p=params.top_p if sampling else None,
-            top_k=None,
+            # 0, not None: a None is filled with transformers' default top_k=50, which
+            # vLLM and OpenAI-compatible servers do not apply.
+            top_k=0,
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.tokenizer.pad_token_id,
+            sequence_bias=[[[t], b] for t, b in params.logit_bias.items()]
+            if params.logit_bias
+            else None,
             return_dict_in_generate=True,
-            output_scores=params.logprobs,
+            output_logits=params.logprobs,
         )
         results: list[Generation | None] = [None] * len(prompts)
         pad = self.tokenizer.pad_token_id
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for batch in tqdm(batches, desc="generate", unit="batch", disable=len(batches) < 2):
-            width = max(len(encoded[i]) for i in batch)
+            width = max(len(encoded[i][0]) for i in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
-                ids = encoded[i]
+                ids = encoded[i][0]
                 input_ids[row, width - len(ids) :] = torch.tensor(ids)
                 attention[row, width - len(ids) :] = 1
+            stopping = StoppingCriteriaList()
+            if params.stop:
+                stopping.append(_StopStrings(self.decode, params.stop, width))
             with torch.no_grad():
                 out = self.model.generate(
                     input_ids=input_ids.to(self.device),
                     attention_mask=attention.to(self.device),
                     generation_config=gen_config,
+                    stopping_criteria=stopping,
                 )
             new = out.sequences[:, width:].cpu()
             token_logprobs = None
             if params.logprobs:
-                token_logprobs = self.model.compute_transition_scores(
-                    out.sequences, out.scores, normalize_logits=True
-                ).cpu()
+                # Raw logits of each step -> log-probability of the token chosen there.
+                steps = torch.stack(out.logits, dim=1).float().log_softmax(-1).cpu()
+                token_logprobs = steps.gather(-1, new[:, : steps.shape[1], None]).squeeze(-1)
             for row, i in enumerate(batch):
-                results[i] = self._finish(new[row].tolist(), len(encoded[i]), token_logprobs, row)
+                ids, truncated = encoded[i]
+                results[i] = self._finish(
+                    new[row].tolist(), len(ids), token_logprobs, row, params.stop, truncated
+                )
         return results  # type: ignore[return-value]
 
-    def _finish(self, ids: list[int], prompt_tokens: int, token_logprobs, row: int) -> Generation:
-        """Cut a generated row at its first eos (kept in the count) and decode it."""
+    def _finish(
+        self,
+        ids: list[int],
+        prompt_tokens: int,
+        token_logprobs,
+        row: int,
+        stop: tuple[str, ...] = (),
+        truncated: bool = False,
+    ) -> Generation:
+        """Cut a generated row at its first eos (kept in the count) or stop string; decode it."""
         end, reason = len(ids), "length"
         for k, t in enumerate(ids):
             if t in self.eos_token_ids:
                 end, reason = k + 1, "stop"
                 break
         text_ids = ids[: end - 1] if reason == "stop" else ids[:end]
-        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        text = self.decode(text_ids)
+        hit = cut_at_stop(self.decode, text_ids, stop)
+        if hit is not None:
+            (end, text), reason = hit, "stop"
         lps = None
         if token_logprobs is not None:
             lps = [float(x) for x in token_logprobs[row, :end]]
@@ -164,6 +211,7 @@ class TransformersBackend(Backend):
             output_tokens=end,
             finish_reason=reason,
             logprobs=lps,
+            truncated=truncated,
         )
 
     def close(self) -> None:
@@ -171,7 +219,28 @@ class TransformersBackend(Backend):
 
         import torch
 
-        del self.model
+        self.model = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class _StopStrings(StoppingCriteria):
+    """Per row: done once the generated text (after ``width`` prompt columns) holds a stop string.
+
+    The same test :func:`~domainllm.infer.base.cut_at_stop` applies afterwards, so a
+    row stops exactly where its text is cut (transformers' own ``stop_strings`` also
+    match across the prompt boundary, which OpenAI-compatible servers do not).
+    """
+
+    def __init__(self, decode, stops: tuple[str, ...], width: int):
+        self.decode, self.stops, self.width = decode, stops, width
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = [
+            find_stop(self.decode(row[self.width :].tolist()), self.stops) is not None
+            for row in input_ids
+        ]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

@@ -10,7 +10,15 @@ from __future__ import annotations
 import logging
 
 from domainllm.errors import PipelineError
-from domainllm.infer.base import Backend, Generation, SamplingParams, register_backend
+from domainllm.infer.base import (
+    OVERFLOW,
+    Backend,
+    Generation,
+    SamplingParams,
+    check_logit_bias,
+    fit_prompt,
+    register_backend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,7 @@ class VLLMBackend(Backend):
         dtype: "auto", "bfloat16", ...
         seed: vLLM's engine seed.
         trust_remote_code: allow custom model code from the folder.
+        overflow: a prompt longer than the context: "truncate" (keep its end) or "error".
     """
 
     def __init__(
@@ -41,8 +50,11 @@ class VLLMBackend(Backend):
         dtype: str = "auto",
         seed: int = 1234,
         trust_remote_code: bool = False,
+        overflow: str = "truncate",
         **_: object,
     ):
+        if overflow not in OVERFLOW:
+            raise PipelineError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
         try:
             import vllm
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -50,8 +62,12 @@ class VLLMBackend(Backend):
                 "config key 'generate.backend' is 'vllm' but vllm is not installed "
                 "(install the 'serve' extra in a GPU environment)"
             ) from e
+        from domainllm.models.loading import check_model_folder
+
+        check_model_folder(model)
         self.path = str(model)
         self.chat = chat
+        self.overflow = overflow
         self.llm = vllm.LLM(
             model=self.path,
             tensor_parallel_size=int(tensor_parallel_size),
@@ -62,6 +78,7 @@ class VLLMBackend(Backend):
             trust_remote_code=trust_remote_code,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.context = self.llm.llm_engine.model_config.max_model_len
 
     def format_prompt(self, prompt: str) -> str:
         if not self.chat:
@@ -70,28 +87,41 @@ class VLLMBackend(Backend):
 
         return format_prompt(self.tokenizer, prompt)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def _generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
         import vllm
 
+        check_logit_bias(params, len(self.tokenizer), self.path)
         sampling = vllm.SamplingParams(
             max_tokens=params.max_new_tokens,
             temperature=params.temperature,
             top_p=params.top_p if params.temperature > 0 else 1.0,
             seed=params.seed,
+            stop=list(params.stop) or None,
+            logit_bias=params.logit_bias or None,
             logprobs=0 if params.logprobs else None,
         )
         # The chat template already writes bos: tokenise without specials, as the HF backend does.
-        token_prompts = [
-            {
-                "prompt_token_ids": self.tokenizer(
-                    self.format_prompt(p), add_special_tokens=not self.chat
-                )["input_ids"]
-            }
-            for p in prompts
+        fitted = [
+            fit_prompt(
+                self.tokenizer(self.format_prompt(p), add_special_tokens=not self.chat)[
+                    "input_ids"
+                ],
+                context=self.context,
+                max_new_tokens=params.max_new_tokens,
+                overflow=self.overflow,
+                index=i,
+                where=self.path,
+            )
+            for i, p in enumerate(prompts)
         ]
-        outputs = self.llm.generate(token_prompts, sampling, use_tqdm=True)
+        try:
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": ids} for ids, _ in fitted], sampling, use_tqdm=True
+            )
+        except ValueError as e:  # vLLM's own validation of a request
+            raise PipelineError(f"vllm refused the batch for {self.path}: {e}") from e
         results = []
-        for out in outputs:
+        for out, (_, truncated) in zip(outputs, fitted, strict=True):
             comp = out.outputs[0]
             lps = None
             if params.logprobs and comp.logprobs is not None:
@@ -106,6 +136,7 @@ class VLLMBackend(Backend):
                     output_tokens=len(comp.token_ids),
                     finish_reason="stop" if comp.finish_reason == "stop" else "length",
                     logprobs=lps,
+                    truncated=truncated,
                 )
             )
         return results
