@@ -29,7 +29,9 @@ def test_split_sizes_disjoint_and_complete(tmp_path):
     n_seed = sum(
         1 for line in SELF_INSTRUCT.read_text(encoding="utf-8").splitlines() if line.strip()
     )
-    assert ev.columns == ["id", "prompt", "reference", "eval_aspect"]
+    assert ev.columns == ["id", "prompt", "reference", "eval_aspect", "task", "answers"]
+    assert (ev["task"] == "elyza").all()
+    assert ev["answers"].to_list() == [[r] for r in ev["reference"]]
     assert cand.columns == COLUMNS
     assert ev.height == 30 and counts["per_source"]["elyza"] == n_elyza - 30
     elyza_train = cand.filter(pl.col("source") == "elyza")

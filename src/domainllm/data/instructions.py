@@ -31,6 +31,7 @@ import logging
 import re
 from pathlib import Path
 
+from domainllm.data.jsquad import add_jsquad
 from domainllm.errors import DataError, PipelineError
 from domainllm.io import read_jsonl, write_parquet
 
@@ -278,6 +279,8 @@ def prepare_instructions(
     sources: list[dict] | None = None,
     elyza_eval: int,
     seed: int,
+    jsquad: str | None = None,
+    jsquad_items: int = 0,
 ) -> dict:
     """Write the SFT candidates and the held-out evaluation prompts.
 
@@ -285,11 +288,15 @@ def prepare_instructions(
         elyza: ELYZA-tasks-100 JSONL (input, output, eval_aspect).
         candidates_output: Parquet of training examples
             (id, source, instruction, output, feedback, timestamp).
-        eval_output: Parquet of evaluation prompts (id, prompt, reference, eval_aspect).
+        eval_output: Parquet of evaluation prompts (id, prompt, reference, eval_aspect,
+            task: ``elyza`` or ``jsquad``, answers: the reference answers).
         sources: further training sources, ``[{name, format, path}]`` (config
             ``data.instructions.sources``), in order.
         elyza_eval: ELYZA items held out for evaluation (config data.instructions.elyza_eval).
         seed: seeds the split.
+        jsquad: JSQuAD file whose sampled questions are appended to the evaluation
+            prompts (task ``jsquad``; see domainllm.data.jsquad), or None.
+        jsquad_items: JSQuAD questions sampled (config data.jsquad.max_items).
 
     Returns:
         Counts: ``{"eval", "candidates", "per_source": {name: n}}``.
@@ -335,6 +342,7 @@ def prepare_instructions(
     if cand_df["id"].n_unique() != cand_df.height:
         dup = cand_df.filter(pl.col("id").is_duplicated())["id"][0]
         raise DataError(f"duplicate example id {dup} (source {dup.split('/', 1)[0]})")
+    eval_df = add_jsquad(eval_df, jsquad, jsquad_items, seed, task=ELYZA_SOURCE)
     write_parquet(eval_df, eval_output)
     write_parquet(cand_df, candidates_output)
     counts = {"eval": eval_df.height, "candidates": cand_df.height, "per_source": per_source}
