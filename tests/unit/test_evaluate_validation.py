@@ -159,11 +159,34 @@ def test_fitness_follows_the_configured_thresholds(data, tmp_path):
 def test_missing_references_and_empty_answers_are_counted(data):
     _, gens = data
     pairs, counts = reference_pairs(gens)
-    assert counts["broken"] == {"items": 10, "missing_reference": 1, "empty_output": 3, "pairs": 9}
+    assert counts["broken"] == {
+        "items": 10,
+        "other_task": 0,
+        "missing_reference": 1,
+        "empty_output": 3,
+        "pairs": 9,
+    }
     assert counts["short"]["pairs"] == 10 and counts["short"]["missing_reference"] == 0
     broken = [p for p in pairs if p["version"] == "broken"]
     assert [p["output"] for p in broken[:3]] == ["", "", "   "]
     assert "elyza/4" not in {p["item_id"] for p in broken}
+
+
+def test_only_free_form_tasks_give_reference_pairs(tmp_path):
+    path = tmp_path / "mixed.parquet"
+    pl.DataFrame(
+        {
+            "id": ["elyza/1", "jsquad/a1", "x"],
+            "prompt": ["p", "q", "r"],
+            "reference": ["human answer", "span", "ref"],
+            "output": ["o", "o", "o"],
+            "task": [None, None, "elyza"],
+        },
+        schema={k: pl.String for k in ("id", "prompt", "reference", "output", "task")},
+    ).write_parquet(path)
+    pairs, counts = reference_pairs([str(path)])
+    assert [p["item_id"] for p in pairs] == ["elyza/1", "x"] and counts["mixed"]["other_task"] == 1
+    assert len(reference_pairs([str(path)], tasks=None)[0]) == 3
 
 
 def test_an_evaluator_without_a_verdict_is_counted_and_fails_coverage(data, tmp_path):

@@ -93,15 +93,27 @@ def read_labelled(path: str):
     return df.with_columns(pl.col("label").cast(pl.Int64), pl.col("text").fill_null(""))
 
 
-def reference_pairs(generations: list[str]) -> tuple[list[dict], dict]:
+def _task(row: dict) -> str:
+    """The task of a generation: its ``task`` column, else its id's prefix (``elyza/12``)."""
+    if row.get("task"):
+        return str(row["task"])
+    return str(row["id"]).split("/", 1)[0] if "/" in str(row["id"]) else ""
+
+
+def reference_pairs(
+    generations: list[str], tasks: tuple[str, ...] | None = ("elyza",)
+) -> tuple[list[dict], dict]:
     """(prompt, reference, output) per version and item from R/generations/<version>.parquet.
 
+    Only items of ``tasks`` count (None: all): ELYZA-tasks-100's references are
+    human-written answers, JSQuAD's are extracted spans, not answers to prefer.
     Items without a reference are left out and counted; empty answers stay in (a
     reference should beat them) and are counted.
 
     Returns:
         (pairs, counts): pairs with version, item_id, prompt, reference, output;
-        counts per version of items, missing references and empty outputs.
+        counts per version of items, items of other tasks, missing references and
+        empty outputs.
     """
     from domainllm.infer.generation import read_table
 
@@ -109,8 +121,17 @@ def reference_pairs(generations: list[str]) -> tuple[list[dict], dict]:
     for path in generations:
         version = Path(path).name.removesuffix(".parquet")
         df = read_table(path, ("id", "prompt", "reference", "output"), rows="generations")
-        c = {"items": df.height, "missing_reference": 0, "empty_output": 0, "pairs": 0}
+        c = {
+            "items": df.height,
+            "other_task": 0,
+            "missing_reference": 0,
+            "empty_output": 0,
+            "pairs": 0,
+        }
         for row in df.iter_rows(named=True):
+            if tasks is not None and _task(row) not in tasks:
+                c["other_task"] += 1
+                continue
             ref, out = row["reference"], row["output"]
             if ref is None or not str(ref).strip():
                 c["missing_reference"] += 1
@@ -564,8 +585,8 @@ def to_markdown(report: dict) -> str:
         f"{d['feedback_pairs']} pairs; HH-RLHF chosen = 1, rejected = 0).",
         "- Reference pairs (human-written ELYZA-tasks-100 reference vs the model's answer): "
         + ", ".join(
-            f"{v}: {c['pairs']} pairs ({c['missing_reference']} without a reference left out, "
-            f"{c['empty_output']} empty answers kept)"
+            f"{v}: {c['pairs']} pairs ({c['missing_reference']} without a reference and "
+            f"{c['other_task']} of other tasks left out, {c['empty_output']} empty answers kept)"
             for v, c in d["reference"].items()
         )
         + ("." if d["reference"] else "none."),
