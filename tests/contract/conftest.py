@@ -131,12 +131,13 @@ def vllm_server(contract_model, tmp_path_factory):
         pytest.fail(f"vLLM server did not start: {e}\n{tail}")
     info["process"] = proc
     yield info
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # as scancel or SLURM's time limit would
     try:
-        proc.wait(60)
+        code = proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
+    assert code == 0, (root / "serve_model.log").read_text(errors="replace")[-3000:]
 
 
 class SubprocessBackend(Backend):
