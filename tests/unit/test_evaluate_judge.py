@@ -409,3 +409,33 @@ def test_openai_reply_without_yes_or_no_is_counted_not_half(yes_no_model, local,
     )
     (v,) = api2.verdicts(_prompts(1), template)
     assert v.found and v.p_yes == pytest.approx(0.4 / 0.6)
+
+
+def test_a_judge_folder_with_the_openai_backend_asks_the_server(yes_no_model, local):
+    requests: list = []
+    spec = {
+        **_judge_spec(str(yes_no_model)),
+        "backend": "openai",
+        "top_logprobs": 20,
+        "openai": {
+            "base_url": "http://judge.test/v1",
+            "model": "judge",
+            "endpoint": "completions",
+            "logit_bias": 100,
+            "transport": _server(local, requests),
+        },
+    }
+    judge = JudgeEvaluator(spec)
+    texts = [f"Human: {x['input']}\n\nAssistant: {x['output'][:40]}" for x in elyza_items(2)]
+    remote = judge.score(texts)
+    assert len(requests) == 2 and requests[0]["model"] == "judge"
+    here = JudgeEvaluator({**_judge_spec(str(yes_no_model)), "top_logprobs": 10**6})
+    here._lm = local
+    assert remote == pytest.approx(here.score(texts), abs=1e-6)
+    judge.close()
+
+
+def test_a_model_without_a_tokenizer_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(DataError, match="evaluate.judge.model"):
+        prepare_judge(str(tmp_path / "j"), model=str(tmp_path / "missing"), templates=TEMPLATES)
+    assert not (tmp_path / "j").exists()

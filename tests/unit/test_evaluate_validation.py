@@ -96,8 +96,16 @@ def data(tmp_path_factory):
 
 def _run(root, folders, gens, name="v", **kw):
     kw = {"thresholds": LENIENT, "n_boot": 200, "seed": 7, **kw}
-    md, js = root / f"{name}.md", root / f"{name}.json"
-    report = validate_evaluators(folders, str(root / "fb_te.parquet"), gens, str(md), str(js), **kw)
+    md, js, flat = root / f"{name}.md", root / f"{name}.json", root / f"{name}.summary.json"
+    report = validate_evaluators(
+        folders, str(root / "fb_te.parquet"), gens, str(md), str(js), summary_json=str(flat), **kw
+    )
+    # The summary for `dvc metrics diff`: flat numbers, the report's headline values.
+    for ev, row in json.loads(flat.read_text()).items():
+        r = report["evaluators"][ev]
+        assert row["fit"] == int(r["fit"])
+        assert row["auc"] == pytest.approx(r["feedback"]["auc"], nan_ok=True) or row["auc"] is None
+        assert all(isinstance(v, int | float) or v is None for v in row.values())
     return report, md.read_text(), json.loads(js.read_text())
 
 

@@ -679,7 +679,7 @@ class JudgeEvaluator:
                     top_logprobs=s.get("top_logprobs", 20),
                     logit_bias=o.pop("logit_bias", 100.0),
                     chat=s.get("chat", True),
-                    served_model=o.pop("served_model", None) or s["model"],
+                    served_model=o.pop("model", None) or s["model"],
                     trust_remote_code=s.get("trust_remote_code", False),
                     **o,
                 )
@@ -834,8 +834,8 @@ def prepare_judge(
         tokenizer: local tokenizer folder of a served model (openai backend), when
             ``model`` is not a folder.
         trust_remote_code: allow custom model code.
-        openai: options of the openai backend (base_url, api_key_env, endpoint,
-            timeout_s, max_retries, logit_bias, served_model).
+        openai: options of the openai backend (base_url, model: the served name,
+            api_key_env, endpoint, timeout_s, max_retries, logit_bias).
 
     Returns:
         The evaluator spec written.
@@ -874,10 +874,17 @@ def prepare_judge(
     }
     tok_path = tokenizer or model
     tokens = None
-    if Path(tok_path).is_dir():
+    # A local model (folder or hub id) always has its tokenizer here; a served one only
+    # when it is a folder (or config evaluate.judge.tokenizer names one).
+    if backend == "transformers" or Path(tok_path).is_dir():
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
+        try:
+            tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise DataError(
+                f"config key 'evaluate.judge.model': cannot load a tokenizer from {tok_path}: {e}"
+            ) from e
         tokens = {mode: token_variants(tok, t.yes, t.no) for mode, t in loaded.items()}
         for mode, v in tokens.items():
             log.info(
@@ -888,8 +895,6 @@ def prepare_judge(
                 len(v["yes_sequences"]),
                 len(v["no_sequences"]),
             )
-    elif backend == "transformers":
-        raise DataError(f"config key 'evaluate.judge.model': {model} is not a model folder")
     with atomic_path(output, directory=True) as tmp:
         write_json(spec, tmp / "evaluator.json")
         if tokens is not None:

@@ -444,7 +444,7 @@ def eval_table(
         for m in base_names:
             x = rec["metrics"][m]
             if not isinstance(x, int | float) or isinstance(x, bool) or not math.isfinite(x):
-                raise DataError(f"{path}: metric '{m}' is not a finite number ({x!r})")
+                raise DataError(f"{path}: metric {m} not finite ({x!r})")
             values[v][m] = float(x)
         items = Path(path).with_name(Path(path).name.removesuffix(".json") + ".items.parquet")
         if items.is_file():

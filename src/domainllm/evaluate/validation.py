@@ -607,6 +607,7 @@ def validate_evaluators(
     output_json: str,
     *,
     names: list[str] | None = None,
+    summary_json: str | None = None,
     graded: str | None = None,
     graded_max_pairs: int | None = 200,
     thresholds: dict | None = None,
@@ -623,6 +624,8 @@ def validate_evaluators(
         output_md: results/eval/evaluator_validation.md.
         output_json: results/eval/evaluator_validation.json.
         names: evaluator names in the report (default: the folder names).
+        summary_json: a flat ``{evaluator: {fit, auc, ...}}`` file of the headline numbers
+            (what ``dvc metrics diff`` compares; :func:`summary`).
         graded: JSTS-style JSONL (sentence1, sentence2, label) or None.
         graded_max_pairs: first N graded pairs.
         thresholds: min_auc, min_paired_accuracy, max_ece, min_coverage,
@@ -690,8 +693,36 @@ def validate_evaluators(
         )
     markdown = to_markdown(report)
     write_json(_finite(report), output_json)
+    if summary_json:
+        write_json(_finite(summary(report)), summary_json)
     write_text(markdown, output_md)
     return report
+
+
+def summary(report: dict) -> dict:
+    """The headline numbers per evaluator: fit (1/0), AUC, accuracy, ECE, paired accuracies,
+    coverage and, where measured, pairwise agreement, position flip rate and Spearman."""
+    out = {}
+    for name, r in report["evaluators"].items():
+        fb, ref = r["feedback"], r["reference"]
+        row = {
+            "fit": int(r["fit"]),
+            "auc": fb["auc"],
+            "accuracy": fb["accuracy"],
+            "ece": fb["ece"],
+            "paired_accuracy": fb["paired"]["paired_accuracy"],
+            "coverage": fb["coverage"],
+        }
+        if ref.get("pairs"):
+            row["reference_paired_accuracy"] = ref["paired_accuracy"]
+        pw = (r.get("pairwise") or {}).get("feedback")
+        if pw:
+            row["pairwise_agreement"] = pw["paired_accuracy"]
+            row["position_flip_rate"] = pw["flip_rate"]
+        if r.get("graded"):
+            row["spearman"] = r["graded"]["spearman"]
+        out[name] = row
+    return out
 
 
 def _finite(obj):
