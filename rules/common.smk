@@ -4,6 +4,7 @@
 import json
 
 from domainllm.models.loading import looks_local
+from domainllm.evaluate.feedback import check_evaluator_specs
 from domainllm.models.metrics import check_weights, selection_metrics
 from domainllm.models.tasks import load_tasks
 
@@ -38,7 +39,12 @@ SFT_DATA = f"{R}/data/sft.parquet"
 EVAL_PROMPTS = f"{R}/data/eval_prompts.parquet"
 FEEDBACK_TRAIN = f"{R}/data/feedback_train.parquet"
 FEEDBACK_TEST = f"{R}/data/feedback_test.parquet"
-EVALUATOR_DIR = f"{R}/evaluators/feedback-lgbm"
+# Evaluators trained on feedback labels (evaluate.evaluators), checked now; the first
+# one filters the SFT candidates.
+EVALUATORS = {e["name"]: e for e in check_evaluator_specs(config["evaluate"]["evaluators"])}
+EVALUATOR_DIR = f"{R}/evaluators/{next(iter(EVALUATORS))}"
+# train_evaluator's wildcard: exactly these names (names may hold "."; judge is not one).
+TRAINED_EVALUATOR_NAMES = "|".join(n.replace(".", r"\.") for n in EVALUATORS)
 SELECTION_TABLE = f"{R}/selection/table.parquet"
 CHOSEN = f"{R}/selection/chosen.json"
 EVAL_TABLE = f"{R}/eval/table.parquet"
@@ -138,7 +144,50 @@ def tokenizer_base_dir(wildcards):
 def instruction_inputs(wildcards=None):
     """Inputs of prepare_instructions: ELYZA-tasks-100 and the configured instruction sources."""
     ins = config["data"]["instructions"]
-    return {"elyza": ins["elyza"], "sources": [s["path"] for s in ins["sources"]]}
+    inputs = {"elyza": ins["elyza"], "sources": [s["path"] for s in ins["sources"]]}
+    if config["data"]["jsquad"]["path"]:
+        # JSQuAD questions join the evaluation prompts (data.jsquad).
+        inputs["jsquad"] = config["data"]["jsquad"]["path"]
+    return inputs
+
+
+def train_evaluator_inputs(wildcards):
+    """Inputs of train_evaluator: the feedback splits and the evaluators it stacks."""
+    stack = EVALUATORS[wildcards.evaluator].get("stack", [])
+    return {
+        "train": FEEDBACK_TRAIN,
+        "test": FEEDBACK_TEST,
+        "stack": [f"{R}/evaluators/{name}" for name in stack],
+    }
+
+
+def evaluator_options(wildcards):
+    """The configured options of one trained evaluator (its entry less name, type, stack)."""
+    spec = EVALUATORS[wildcards.evaluator]
+    return {k: v for k, v in spec.items() if k not in ("name", "type", "stack")}
+
+
+def evaluator_type(wildcards):
+    return EVALUATORS[wildcards.evaluator]["type"]
+
+
+def evaluator_threads(wildcards):
+    """Fine-tuning takes both cores of the default machine; LightGBM one (fixed, so its
+    models do not depend on the machine)."""
+    return 2 if EVALUATORS[wildcards.evaluator]["type"] == "bert" else 1
+
+
+def trained_evaluator_gpu(wildcards):
+    """Fine-tuning takes a GPU where there is one."""
+    return 1 if EVALUATORS[wildcards.evaluator]["type"] == "bert" else 0
+
+
+def evaluator_mem_mb(wildcards):
+    return 6000 if EVALUATORS[wildcards.evaluator]["type"] == "bert" else 4000
+
+
+def evaluator_runtime(wildcards):
+    return 120 if EVALUATORS[wildcards.evaluator]["type"] == "bert" else 20
 
 
 def sft_chat_template(wildcards=None):

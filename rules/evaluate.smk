@@ -26,23 +26,27 @@ rule prepare_feedback:
         "../scripts/prepare_feedback.py"
 
 
+# One job per entry of evaluate.evaluators (lightgbm, bert), each writing its folder
+# with metrics.json, test_scores.parquet and model_card.md.
 rule train_evaluator:
     input:
-        train=FEEDBACK_TRAIN,
-        test=FEEDBACK_TEST,
+        unpack(train_evaluator_inputs),
     output:
-        directory(EVALUATOR_DIR),
+        directory(f"{R}/evaluators/{{evaluator}}"),
+    wildcard_constraints:
+        evaluator=TRAINED_EVALUATOR_NAMES,
     params:
-        kind=config["evaluate"]["evaluator"]["type"],
-        num_boost_round=config["evaluate"]["evaluator"]["num_boost_round"],
+        kind=evaluator_type,
+        options=evaluator_options,
         seed=config["seed"],
-    # LightGBM's thread count is fixed in the package (results do not depend on cores).
-    threads: 1
+    # LightGBM gets one thread (its models do not depend on the machine); bert two.
+    threads: evaluator_threads
     resources:
-        mem_mb=4000,
-        runtime=20,
+        gpu=trained_evaluator_gpu,
+        mem_mb=evaluator_mem_mb,
+        runtime=evaluator_runtime,
     log:
-        f"{L}/train_evaluator.log",
+        f"{L}/train_evaluator/{{evaluator}}.log",
     conda:
         "../envs/eval.yaml"
     script:
@@ -53,6 +57,8 @@ rule evaluate_version:
     input:
         model=version_model_dir,
         generations=f"{R}/generations/{{version}}.parquet",
+        # Task (elyza, jsquad) and reference answers of every generation.
+        prompts=EVAL_PROMPTS,
         domain=DOMAIN_HELDOUT,
         jcqa=config["data"]["jcqa"]["path"],
         evaluator=EVALUATOR_DIR,
@@ -65,6 +71,7 @@ rule evaluate_version:
         jcqa_max_items=config["data"]["jcqa"]["max_items"],
         # The window base selection used, so bits per character compare across stages.
         ppl_seq_len=config["base"]["selection"]["ppl_seq_len"],
+        tokenize=config["evaluate"]["metrics"]["tokenize"],
         trust_remote_code=chosen_base_setting("trust_remote_code", False),
     threads: 1
     resources:

@@ -22,6 +22,7 @@ rule prepare_instructions:
         # The paths are inputs too (instruction_inputs), so a changed file reruns the rule.
         sources=config["data"]["instructions"]["sources"],
         elyza_eval=config["data"]["instructions"]["elyza_eval"],
+        jsquad_items=config["data"]["jsquad"]["max_items"],
         seed=config["seed"],
     threads: 1
     resources:

@@ -17,4 +17,6 @@ with log_to(snakemake.log[0]):  # noqa: F821
         jcqa_max_items=p.jcqa_max_items,
         ppl_seq_len=p.ppl_seq_len,
         trust_remote_code=p.trust_remote_code,
+        prompts=snakemake.input.prompts,  # noqa: F821
+        tokenize=p.tokenize,
     )

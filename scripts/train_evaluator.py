@@ -1,4 +1,4 @@
-"""Snakemake adapter: train and validate the feedback evaluator."""
+"""Snakemake adapter: train and validate one evaluator of evaluate.evaluators."""
 
 from domainllm.evaluate.feedback import train_evaluator
 from domainllm.logs import log_to
@@ -10,6 +10,9 @@ with log_to(snakemake.log[0]):  # noqa: F821
         snakemake.input.test,  # noqa: F821
         snakemake.output[0],  # noqa: F821
         kind=p.kind,
-        num_boost_round=p.num_boost_round,
+        name=snakemake.wildcards.evaluator,  # noqa: F821
+        stack=list(snakemake.input.stack),  # noqa: F821
         seed=p.seed,
+        num_threads=snakemake.threads,  # noqa: F821
+        **p.options,
     )

@@ -24,6 +24,8 @@ METRICS = {
     "domain_perplexity",
     "chrf",
     "chrf_sentence_mean",
+    "bleu",
+    "rouge_l",
     "evaluator_score",
     "output_chars_mean",
     "output_chars_median",

@@ -6,7 +6,10 @@ each stage bought:
 - jcqa_acc, jcqa_acc_norm, jcqa_acc_bytes: JCommonsenseQA log-likelihood multiple
   choice (general Japanese), as lm-evaluation-harness defines them.
 - domain_bits_per_char, domain_perplexity: cross-entropy on held-out domain text.
-- chrf, chrf_sentence_mean: generated answers against the ELYZA references.
+- chrf, chrf_sentence_mean, bleu, rouge_l: generated answers against the ELYZA
+  references (BLEU and ROUGE-L over MeCab words, or characters: evaluate.metrics.tokenize).
+- jsquad_exact_match, jsquad_f1: extractive QA answers against the JSQuAD answers
+  (0-100, SQuAD script over characters; when the prompts include JSQuAD).
 - evaluator_score: mean P(good) of the answers by the feedback evaluator.
 - output_chars_mean, output_tokens_mean, empty_output_rate, repetition_rate: answer shape.
 
@@ -38,6 +41,10 @@ HIGHER_IS_BETTER = {
     "domain_perplexity": False,
     "chrf": True,
     "chrf_sentence_mean": True,
+    "bleu": True,
+    "rouge_l": True,
+    "jsquad_exact_match": True,
+    "jsquad_f1": True,
     "evaluator_score": True,
     "empty_output_rate": False,
     "repetition_rate": False,
@@ -58,6 +65,8 @@ def evaluate_version(
     batch_size: int = 16,
     trust_remote_code: bool = False,
     items_output: str | None = None,
+    prompts: str | None = None,
+    tokenize: str = "ja-mecab",
 ) -> dict:
     """Compute every metric of one model version; write R/eval/versions/<version>.json.
 
@@ -74,19 +83,23 @@ def evaluate_version(
         batch_size: sequences per forward pass.
         trust_remote_code: allow custom model code.
         items_output: Parquet of per-item scores (task, item_id, metric, value, output).
+        prompts: eval_prompts.parquet (id, task, answers): which generations are JSQuAD
+            questions and their answers; None treats every generation as an instruction.
+        tokenize: BLEU/ROUGE-L tokenizer (ja-mecab or char).
 
     Returns:
         The record written.
     """
     import torch
 
+    from domainllm.data.jsquad import JSQUAD_TASK
     from domainllm.evaluate.feedback import format_dialogue, load_evaluator
     from domainllm.evaluate.likelihood import (
         domain_bits_per_char,
         load_jcqa,
         mcqa_item_results,
     )
-    from domainllm.evaluate.metrics import generation_metrics
+    from domainllm.evaluate.metrics import generation_metrics, qa_scores
     from domainllm.infer.generation import read_table
     from domainllm.models.loading import load_for_inference
 
@@ -96,14 +109,26 @@ def evaluate_version(
     items = load_jcqa(jcqa, jcqa_max_items)
     judge = load_evaluator(evaluator)
 
-    outputs = [o or "" for o in gens["output"].to_list()]
+    # Stripped: leading newlines of a generation are no part of the answer (and must not
+    # look like a turn boundary to the evaluator).
+    outputs = [(o or "").strip() for o in gens["output"].to_list()]
+    tasks, answers = _tasks_and_answers(gens, generations, prompts)
+    free = [i for i, t in enumerate(tasks) if t != JSQUAD_TASK]
+    qa = [i for i, t in enumerate(tasks) if t == JSQUAD_TASK]
+    if not free:
+        raise DataError(f"{generations}: no instruction (non-JSQuAD) generations")
+    refs, toks, asked = gens["reference"].to_list(), gens["output_tokens"].to_list(), gens["prompt"]
     metrics = generation_metrics(
-        outputs, gens["reference"].to_list(), gens["output_tokens"].to_list()
+        [outputs[i] for i in free],
+        [refs[i] for i in free],
+        [toks[i] for i in free],
+        tokenize=tokenize,
     )
-    dialogues = [
-        format_dialogue(p, o) for p, o in zip(gens["prompt"].to_list(), outputs, strict=True)
-    ]
-    judged = judge.score(dialogues)
+    qa_result = qa_scores([outputs[i] for i in qa], [answers[i] for i in qa]) if qa else None
+    if qa_result:
+        metrics["jsquad_exact_match"] = qa_result["exact_match"]
+        metrics["jsquad_f1"] = qa_result["f1"]
+    judged = judge.score([format_dialogue(asked[i], outputs[i]) for i in free])
     metrics["evaluator_score"] = float(judged.mean())
 
     lm, tokenizer = load_for_inference(model, trust_remote_code=trust_remote_code)
@@ -137,31 +162,82 @@ def evaluate_version(
             "domain_tokens": dom["tokens"],
             "domain_chars": dom["chars"],
             "generations": gens.height,
+            "jsquad_items": len(qa),
             "evaluator": str(evaluator),
             "seconds": time.perf_counter() - t0,
         },
     }
     if items_output is not None:
-        _write_items(items_output, mc_items, gens, outputs, judged)
+        _write_items(items_output, mc_items, gens, outputs, judged, free, qa, qa_result, tokenize)
     write_json(record, output)
     log.info("version %s: %s", version, metrics)
     return record
 
 
-def _write_items(path: str, mc_items: list[dict], gens, outputs: list[str], judged) -> None:
+def _tasks_and_answers(gens, generations: str, prompts: str | None):
+    """Task and reference answers of each generation, from the evaluation prompts by id."""
+    import polars as pl
+
+    from domainllm.infer.generation import read_table
+
+    refs = gens["reference"].to_list()
+    if prompts is None:
+        tasks, answers = ["elyza"] * gens.height, [[r] for r in refs]
+    else:
+        table = read_table(prompts, ("id", "task", "answers"), rows="prompts")
+        joined = gens.select(pl.col("id").cast(pl.String)).join(
+            table.select(pl.col("id").cast(pl.String), "task", "answers"),
+            on="id",
+            how="left",
+            maintain_order="left",
+        )
+        missing = joined.filter(pl.col("task").is_null())
+        if missing.height:
+            raise DataError(
+                f"{generations}: generation id {missing['id'][0]} is not in the prompts {prompts}"
+            )
+        tasks, answers = joined["task"].to_list(), joined["answers"].to_list()
+    for item_id, task, ref, ans in zip(gens["id"].to_list(), tasks, refs, answers, strict=True):
+        if not (ref or "").strip() or not ans:
+            raise DataError(f"{generations}: item {item_id} ({task}) has no reference answer")
+    return tasks, answers
+
+
+def _write_items(
+    path: str,
+    mc_items: list[dict],
+    gens,
+    outputs: list[str],
+    judged,
+    free: list[int],
+    qa: list[int],
+    qa_result: dict | None,
+    tokenize: str,
+) -> None:
     """Per-item scores in long form: one row per (task, item_id, metric)."""
     import polars as pl
 
-    from domainllm.evaluate.metrics import sentence_chrf
+    from domainllm.evaluate.metrics import sentence_bleu, sentence_chrf, sentence_rouge_l
 
     rows = []
     for r in mc_items:
         for metric in ("correct", "correct_norm", "correct_bytes"):
             rows.append(("jcqa", str(r["id"]), f"jcqa_{metric}", float(r[metric]), None))
-    chrfs = sentence_chrf(outputs, gens["reference"].to_list())
-    for item_id, out, c, j in zip(gens["id"].to_list(), outputs, chrfs, judged, strict=True):
-        rows.append(("generation", str(item_id), "chrf", c, out))
-        rows.append(("generation", str(item_id), "evaluator_score", float(j), out))
+    ids, refs = gens["id"].to_list(), gens["reference"].to_list()
+    outs, golds = [outputs[i] for i in free], [refs[i] for i in free]
+    per_metric = {
+        "chrf": sentence_chrf(outs, golds),
+        "bleu": sentence_bleu(outs, golds, tokenize),
+        "rouge_l": sentence_rouge_l(outs, golds, tokenize),
+        "evaluator_score": [float(j) for j in judged],
+    }
+    for k, i in enumerate(free):
+        for metric, values in per_metric.items():
+            rows.append(("generation", str(ids[i]), metric, float(values[k]), outputs[i]))
+    for k, i in enumerate(qa):
+        for metric in ("exact_match", "f1"):
+            value = 100 * qa_result[f"item_{metric}"][k]
+            rows.append(("jsquad", str(ids[i]), f"jsquad_{metric}", value, outputs[i]))
     schema = {
         "task": pl.String,
         "item_id": pl.String,
