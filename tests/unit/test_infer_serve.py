@@ -72,9 +72,17 @@ def test_server_that_dies_at_start_is_a_clear_error(model_dir, tmp_path, monkeyp
     assert "No module named 'vllm'" in log and "sk-never" not in log
 
 
-def test_missing_model_folder(tmp_path):
+def test_missing_model_folder_or_weights(model_dir, tmp_path):
+    import shutil
+
     with pytest.raises(PipelineError, match="nowhere: model folder does not exist"):
         serve_model(str(tmp_path / "nowhere"), str(tmp_path / "a.json"), served_model_name="x")
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    (bare / "model.safetensors").unlink()
+    with pytest.raises(PipelineError, match="bare: no model weights"):
+        serve_model(str(bare), str(tmp_path / "a.json"), served_model_name="x")
+    assert not (tmp_path / "a.json").exists()
 
 
 def test_wait_for_address(tmp_path):

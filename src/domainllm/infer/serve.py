@@ -200,9 +200,11 @@ def serve_model(
         What the address file holds.
     """
     from domainllm.io import write_json
+    from domainllm.models.loading import check_model_folder
 
     if not Path(model).is_dir():
         raise PipelineError(f"{model}: model folder does not exist")
+    check_model_folder(model)  # weights there: fail now, not after the server's start-up
     port = int(port) or free_port(host if host not in ("0.0.0.0", "") else "127.0.0.1")
     cmd = server_command(
         model,
