@@ -28,6 +28,7 @@ rule all:
     default_target: True
     input:
         EVAL_TABLE,
+        VALIDATION_MD,
         SELECTION_TABLE,
         CORPUS_SELECTED,
         CORPUS_EMBED_CHECK,
@@ -64,3 +65,4 @@ rule quantize:
 rule evaluate:
     input:
         EVAL_TABLE,
+        VALIDATION_MD,

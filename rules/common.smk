@@ -2,9 +2,10 @@
 # Paths are built once here from config["paths"]; rule files never retype them.
 
 import json
+import re
 
-from domainllm.models.loading import looks_local
 from domainllm.evaluate.feedback import check_evaluator_specs
+from domainllm.models.loading import looks_local
 from domainllm.models.metrics import check_weights, selection_metrics
 from domainllm.models.tasks import load_tasks
 
@@ -48,6 +49,18 @@ TRAINED_EVALUATOR_NAMES = "|".join(n.replace(".", r"\.") for n in EVALUATORS)
 SELECTION_TABLE = f"{R}/selection/table.parquet"
 CHOSEN = f"{R}/selection/chosen.json"
 EVAL_TABLE = f"{R}/eval/table.parquet"
+EVAL_PLOTS = f"{R}/eval/plots"
+VALIDATION_MD = f"{R}/eval/evaluator_validation.md"
+VALIDATION_JSON = f"{R}/eval/evaluator_validation.json"
+VALIDATION_METRICS = f"{R}/eval/evaluator_fitness.json"
+# The LLM judge (evaluate.judge): an evaluator folder like the trained ones.
+JUDGE = config["evaluate"]["judge"]
+JUDGE_DIR = f"{R}/evaluators/judge"
+JUDGE_GPU = 1 if JUDGE["enabled"] and JUDGE["backend"] == "transformers" else 0
+# Model versions: the stages, and every base candidate as base-<candidate>
+# (evaluate.base_candidates adds the ones not chosen to the table).
+STAGE_VERSIONS = ["base", "cpt", "sft", "sft-gptq"]
+CANDIDATE_VERSIONS = {f"base-{c}": c for c in CANDIDATES}
 # The quality table of the quantised model: full precision vs GPTQ vs round-to-nearest.
 QUANT_QUALITY = f"{R}/quantize/{MODEL}/quality.json"
 QUANT_QUALITY_MD = f"{R}/quantize/{MODEL}/quality.md"
@@ -69,7 +82,8 @@ check_weights(config["base"]["selection"]["weights"], selection_metrics(SELECTIO
 
 wildcard_constraints:
     candidate="|".join(CANDIDATES),
-    version="|".join(["base", "cpt", "sft", "sft-gptq"]),
+    version="|".join(re.escape(v) for v in STAGE_VERSIONS + list(CANDIDATE_VERSIONS)),
+    evaluator="[A-Za-z0-9._-]+",
     tokenizer="[A-Za-z0-9._-]+",
     part="[0-9]+-of-[0-9]+",
 
@@ -96,9 +110,12 @@ def chosen_shards(wildcards=None):
 
 
 def model_dir(version):
-    """Folder of a model version: the chosen base, or results/models/<name>/<version>."""
+    """Folder of a model version: the chosen base, a base candidate (base-<candidate>),
+    or results/models/<name>/<version>."""
     if version == "base":
         return chosen_base_dir()
+    if version in CANDIDATE_VERSIONS:
+        return base_dir(CANDIDATE_VERSIONS[version])
     return f"{R}/models/{MODEL}/{version}"
 
 
@@ -197,10 +214,12 @@ def sft_chat_template(wildcards=None):
 
 
 def chosen_base_setting(key, default=None):
-    """A params function returning one setting of the chosen base candidate (training stages)."""
+    """A params function returning one setting of the base a rule's model comes from: the
+    candidate of a base-<candidate> version, else the chosen base (training stages)."""
 
     def get(wildcards):
-        return CANDIDATE_SPECS[chosen_base()].get(key, default)
+        name = CANDIDATE_VERSIONS.get(wildcards.get("version")) or chosen_base()
+        return CANDIDATE_SPECS[name].get(key, default)
 
     return get
 
@@ -226,3 +245,113 @@ def part_embeddings(wildcards=None):
 def part_ids(wildcards=None):
     """The id tables of every corpus part, in part order."""
     return [f"{R}/corpus/embeddings/{p}.ids.parquet" for p in CORPUS_PARTS]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def trained_evaluators():
+    """Name -> folder of every evaluator the config trains on feedback labels."""
+    return {name: f"{R}/evaluators/{name}" for name in EVALUATORS}
+
+
+def evaluator_dirs():
+    """Name -> folder of every evaluator: the trained ones, and the judge when enabled."""
+    dirs = trained_evaluators()
+    if JUDGE["enabled"]:
+        dirs["judge"] = JUDGE_DIR
+    return dirs
+
+
+def table_versions(wildcards=None):
+    """Rows of the evaluation table: evaluate.versions, then (evaluate.base_candidates)
+    every base candidate that was not chosen, as base-<candidate>."""
+    extra = []
+    if config["evaluate"]["base_candidates"]:
+        extra = [v for v, c in CANDIDATE_VERSIONS.items() if c != chosen_base()]
+    return VERSIONS + extra
+
+
+def version_records(wildcards=None):
+    return [f"{R}/eval/versions/{v}.json" for v in table_versions()]
+
+
+def version_item_scores(wildcards=None):
+    return [f"{R}/eval/versions/{v}.items.parquet" for v in table_versions()]
+
+
+def version_generations(wildcards=None):
+    return [f"{R}/generations/{v}.parquet" for v in table_versions()]
+
+
+def score_files(wildcards=None):
+    """What evaluate.scores asks for: R/eval/scores/<evaluator>/<version>.parquet."""
+    rows = table_versions()
+    files = []
+    for name, versions in config["evaluate"]["scores"].items():
+        for v in rows if versions == "all" else [v for v in versions if v in rows]:
+            files.append(f"{R}/eval/scores/{name}/{v}.parquet")
+    return files
+
+
+def evaluator_folder(wildcards):
+    return evaluator_dirs()[wildcards.evaluator]
+
+
+def evaluator_gpu(wildcards):
+    """A job scoring with the local judge model takes a GPU where there is one."""
+    return JUDGE_GPU if wildcards.evaluator == "judge" else 0
+
+
+def judge_is_version():
+    return JUDGE["model"] in STAGE_VERSIONS or JUDGE["model"] in CANDIDATE_VERSIONS
+
+
+def judge_model(wildcards=None):
+    """The judge model: a version's folder, a model folder, or the name a server knows."""
+    return model_dir(JUDGE["model"]) if judge_is_version() else JUDGE["model"]
+
+
+def judge_model_input(wildcards=None):
+    """The judge model folder as an input (a version, or an existing local folder)."""
+    if judge_is_version() or looks_local(JUDGE["model"]):
+        return [judge_model()]
+    return []
+
+
+def judge_origin(wildcards=None):
+    """The base a version judge comes from (its trust_remote_code setting; see quantize_gptq)."""
+    if not judge_is_version():
+        return []
+    name = CANDIDATE_VERSIONS.get(JUDGE["model"])
+    return [base_dir(name) if name else chosen_base_dir()]
+
+
+def judge_trust_remote_code(wildcards=None):
+    """A version judge inherits its base's trust_remote_code; other models never get it."""
+    if not judge_is_version():
+        return False
+    name = CANDIDATE_VERSIONS.get(JUDGE["model"]) or chosen_base()
+    return CANDIDATE_SPECS[name].get("trust_remote_code", False)
+
+
+def _check_scores():
+    """evaluate.scores names known evaluators and versions (checked before any job runs)."""
+    known = evaluator_dirs()
+    versions = VERSIONS + list(CANDIDATE_VERSIONS)
+    for name, listed in config["evaluate"]["scores"].items():
+        if name not in known:
+            why = " (evaluate.judge.enabled is false)" if name == "judge" else ""
+            raise ValueError(
+                f"config key 'evaluate.scores.{name}': no evaluator '{name}'{why} "
+                f"(known: {', '.join(known)})"
+            )
+        for v in [] if listed == "all" else listed:
+            if v not in versions:
+                raise ValueError(
+                    f"config key 'evaluate.scores.{name}': '{v}' is not a version of the table "
+                    f"({', '.join(versions)})"
+                )
+
+
+_check_scores()

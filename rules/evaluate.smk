@@ -1,7 +1,17 @@
 # Evaluation: human-feedback pairs -> a learned evaluator; per model version
 # JCommonsenseQA, domain bits per character, chrF against references and the
-# evaluator's score of its answers; then one table over all versions
+# evaluator's score of its answers; the LLM judge; every evaluator validated against
+# people; then one table over all versions with bootstrap intervals and plots
 # (results/eval/metrics.json is what `dvc metrics diff` compares).
+
+VALIDATION = config["evaluate"]["validation"]
+VALIDATION_THRESHOLDS = (
+    "min_auc",
+    "min_paired_accuracy",
+    "max_ece",
+    "min_coverage",
+    "max_position_flip_rate",
+)
 
 
 rule prepare_feedback:
@@ -86,17 +96,115 @@ rule evaluate_version:
         "../scripts/evaluate_version.py"
 
 
+rule prepare_judge:
+    input:
+        model=judge_model_input,
+        origin=judge_origin,
+        templates=list(JUDGE["templates"].values()),
+    output:
+        directory(JUDGE_DIR),
+    params:
+        model=judge_model,
+        templates=JUDGE["templates"],
+        backend=JUDGE["backend"],
+        chat=JUDGE["chat"],
+        top_logprobs=JUDGE["top_logprobs"],
+        batch_size=JUDGE["batch_size"],
+        max_field_chars=JUDGE["max_field_chars"],
+        tokenizer=JUDGE["tokenizer"],
+        trust_remote_code=judge_trust_remote_code,
+        openai=JUDGE["openai"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    log:
+        f"{L}/prepare_judge.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/prepare_judge.py"
+
+
+# One registered evaluator (trained or the judge) scores one version's answers, as
+# evaluate.scores lists; eval_table turns the scores into columns with intervals.
+rule score_answers:
+    input:
+        evaluator=evaluator_folder,
+        generations=f"{R}/generations/{{version}}.parquet",
+    output:
+        f"{R}/eval/scores/{{evaluator}}/{{version}}.parquet",
+    threads: 1
+    resources:
+        gpu=evaluator_gpu,
+        mem_mb=4000,
+        runtime=30,
+    log:
+        f"{L}/score_answers/{{evaluator}}/{{version}}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/score_answers.py"
+
+
+# Every evaluator against held-out human judgements: is it fit to drive decisions?
+rule validate_evaluators:
+    input:
+        evaluators=list(evaluator_dirs().values()),
+        feedback=FEEDBACK_TEST,
+        generations=version_generations,
+        graded=VALIDATION["graded"]["path"] or [],
+    output:
+        md=VALIDATION_MD,
+        json=VALIDATION_JSON,
+        summary=VALIDATION_METRICS,
+    params:
+        names=list(evaluator_dirs()),
+        thresholds={k: VALIDATION[k] for k in VALIDATION_THRESHOLDS},
+        judge_max_pairs=VALIDATION["judge_max_pairs"],
+        graded_max_pairs=VALIDATION["graded"]["max_pairs"],
+        n_boot=config["evaluate"]["n_boot"],
+        seed=config["seed"],
+    threads: 1
+    resources:
+        gpu=JUDGE_GPU,
+        mem_mb=4000,
+        runtime=60,
+    log:
+        f"{L}/validate_evaluators.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/validate_evaluators.py"
+
+
 rule eval_table:
     input:
-        expand(f"{R}/eval/versions/{{version}}.json", version=VERSIONS),
+        records=version_records,
+        item_scores=version_item_scores,
+        scores=score_files,
     output:
         table=EVAL_TABLE,
         table_md=f"{R}/eval/table.md",
+        table_html=f"{R}/eval/table.html",
         metrics=f"{R}/eval/metrics.json",
+        plot_metrics=report(
+            f"{EVAL_PLOTS}/metrics_by_version.png",
+            caption="../report/metrics_by_version.rst",
+            category="Evaluation",
+        ),
+        plot_scores=report(
+            f"{EVAL_PLOTS}/score_distributions.png",
+            caption="../report/score_distributions.rst",
+            category="Evaluation",
+        ),
+    params:
+        n_boot=config["evaluate"]["n_boot"],
+        seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=2000,
+        runtime=10,
     log:
         f"{L}/eval_table.log",
     conda:

@@ -80,11 +80,32 @@ def test_evaluation_table_has_a_finite_row_per_version(run):
     table = pl.read_parquet(run / "results/eval/table.parquet")
     assert table["version"].to_list() == ["base", "cpt", "sft", "sft-gptq"]
     numeric = [c for c, t in zip(table.columns, table.dtypes, strict=False) if t.is_numeric()]
-    assert {"jcqa_acc", "domain_bits_per_char"} <= set(numeric)
+    assert {"jcqa_acc", "domain_bits_per_char", "jcqa_acc_ci_low", "jcqa_acc_ci_high"} <= set(
+        numeric
+    )
+    # Null: no interval (a corpus-level metric) or not measured (the judge scores sft only).
     for col in numeric:
-        assert all(math.isfinite(v) for v in table[col].to_list()), col
+        assert all(math.isfinite(v) for v in table[col].to_list() if v is not None), col
+    assert table["jcqa_acc"].null_count() == 0 and table["jcqa_acc_ci_low"].null_count() == 0
     metrics = json.loads((run / "results/eval/metrics.json").read_text())
     assert set(metrics) == {"base", "cpt", "sft", "sft-gptq"}
+    assert (
+        "judge_no_verdict_rate" in metrics["sft"] and "judge_no_verdict_rate" not in metrics["cpt"]
+    )
+    for plot in ("metrics_by_version.png", "score_distributions.png"):
+        assert (run / "results/eval/plots" / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_evaluator_is_validated_against_people(run):
+    report = json.loads((run / "results/eval/evaluator_validation.json").read_text())
+    assert set(report["evaluators"]) == {"feedback-lgbm", "feedback-bert", "judge"}
+    for name, r in report["evaluators"].items():
+        assert r["checks"] and r["fit"] == all(c["passed"] for c in r["checks"]), name
+    assert report["evaluators"]["judge"]["pairwise"]["feedback"]["prompts"] == 12
+    fitness = json.loads((run / "results/eval/evaluator_fitness.json").read_text())
+    assert set(fitness) == set(report["evaluators"])
+    md = (run / "results/eval/evaluator_validation.md").read_text()
+    assert "fit to drive decisions" in md
 
 
 def test_a_second_run_has_nothing_to_do(run):

@@ -12,7 +12,8 @@ import pytest
 from domainllm.data.feedback import prepare_feedback
 from domainllm.errors import DataError
 from domainllm.evaluate.feedback import train_evaluator
-from domainllm.evaluate.version import eval_table, evaluate_version
+from domainllm.evaluate.table import eval_table
+from domainllm.evaluate.version import evaluate_version
 from domainllm.infer import generate
 from tests.unit._tiny_lm import JCQA, SAMPLES, build_model, sample_texts, write_eval_prompts
 
@@ -127,7 +128,8 @@ def test_eval_table_one_row_per_version(setup):
     metrics = eval_table([str(outs["base"]), str(outs["cpt"])], str(table), str(md), str(mj))
     df = pl.read_parquet(table)
     assert df["version"].to_list() == ["base", "cpt"]
-    assert set(df.columns) == {"version", "model"} | METRICS
+    intervals = {f"{m}_ci_{end}" for m in METRICS for end in ("low", "high")}
+    assert set(df.columns) == {"version", "model"} | METRICS | intervals
     assert all(df[m].is_finite().all() for m in METRICS)
     on_disk = json.loads(mj.read_text())
     assert on_disk == metrics and set(on_disk) == {"base", "cpt"}

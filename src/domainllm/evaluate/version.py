@@ -1,4 +1,4 @@
-"""Evaluate one model version, and gather all versions into one table.
+"""Evaluate one model version (the table over all versions: domainllm.evaluate.table).
 
 Per version (base, cpt, sft, sft-gptq) the same metrics, so the table shows what
 each stage bought:
@@ -26,7 +26,7 @@ import math
 import time
 
 from domainllm.errors import DataError, PipelineError
-from domainllm.io import read_json, write_json, write_parquet, write_text
+from domainllm.io import write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -246,82 +246,3 @@ def _write_items(
         "output": pl.String,
     }
     write_parquet(pl.DataFrame(rows, schema=schema, orient="row"), path)
-
-
-def _markdown(df, metric_names: list[str]) -> str:
-    """A Markdown table with the best value of each metric in bold."""
-    header = ["version"] + [
-        f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" if m in HIGHER_IS_BETTER else m
-        for m in metric_names
-    ]
-    best = {}
-    for m in metric_names:
-        if m in HIGHER_IS_BETTER and df.height > 1:
-            values = df[m].to_list()
-            best[m] = max(values) if HIGHER_IS_BETTER[m] else min(values)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in df.iter_rows(named=True):
-        cells = [row["version"]]
-        for m in metric_names:
-            cell = f"{row[m]:.4g}"
-            cells.append(f"**{cell}**" if best.get(m) == row[m] else cell)
-        lines.append("| " + " | ".join(cells) + " |")
-    return (
-        "# Evaluation of model versions\n\n"
-        + "\n".join(lines)
-        + "\n\n↑ higher is better, ↓ lower is better; the best version of each is in bold.\n"
-    )
-
-
-def eval_table(inputs: list[str], table: str, table_md: str, metrics_json: str) -> dict:
-    """Gather version JSONs into one table: one row per version, one column per metric.
-
-    Args:
-        inputs: R/eval/versions/<version>.json files, in table order.
-        table: Parquet output (version, model, metric columns).
-        table_md: Markdown rendering.
-        metrics_json: {version: {metric: value}} (for ``dvc metrics diff``).
-
-    Returns:
-        The metrics dict written to ``metrics_json``.
-    """
-    import polars as pl
-
-    if not inputs:
-        raise PipelineError("config key 'evaluate.versions': no versions to tabulate")
-    records = []
-    for path in inputs:
-        rec = read_json(path)
-        if (
-            not isinstance(rec, dict)
-            or not isinstance(rec.get("metrics"), dict)
-            or "version" not in rec
-        ):
-            raise DataError(f"{path}: expected {{'version', 'model', 'metrics': {{...}}}}")
-        records.append((path, rec))
-    names = sorted({m for _, rec in records for m in rec["metrics"]})
-    versions = [rec["version"] for _, rec in records]
-    if len(set(versions)) != len(versions):
-        raise DataError(f"{', '.join(inputs)}: a version appears twice ({versions})")
-    rows = []
-    for path, rec in records:
-        missing = [m for m in names if m not in rec["metrics"]]
-        if missing:
-            raise DataError(
-                f"{path}: version '{rec['version']}' lacks metric(s) {', '.join(missing)}"
-            )
-        values = {m: rec["metrics"][m] for m in names}
-        bad = [
-            m for m, v in values.items() if not isinstance(v, int | float) or not math.isfinite(v)
-        ]
-        if bad:
-            raise DataError(f"{path}: metric(s) {', '.join(bad)} not finite numbers")
-        rows.append({"version": rec["version"], "model": rec.get("model", ""), **values})
-    schema = {"version": pl.String, "model": pl.String, **{m: pl.Float64 for m in names}}
-    df = pl.DataFrame(rows, schema=schema)
-    write_parquet(df, table)
-    write_text(_markdown(df, names), table_md)
-    metrics = {r["version"]: {m: float(r[m]) for m in names} for r in rows}
-    write_json(metrics, metrics_json)
-    log.info("evaluation table: %d versions x %d metrics", df.height, len(names))
-    return metrics
