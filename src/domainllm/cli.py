@@ -3,6 +3,7 @@
 Usage:
     domainllm validate config/config.yaml [--print]   # check a config, print it filled
     domainllm diff A B [--fail-on METRIC:TOL]          # compare two model versions
+    domainllm pulled [TARGET ...]                      # after dvc pull: no needless rebuild
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 3 if B is worse than A on METRIC by more than TOL (repeatable)",
     )
     d.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    u = sub.add_parser(
+        "pulled",
+        help="after dvc pull/checkout: check dvc status, then mark Snakemake outputs up to date",
+    )
+    u.add_argument("targets", nargs="*", help="Snakemake targets (default: all)")
+    u.add_argument("--profile", default="profiles/default", help="Snakemake profile")
     args = parser.parse_args(argv)
     try:
         if args.command == "validate":
@@ -68,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             if failed:
                 print("regressions:\n  " + "\n  ".join(failed), file=sys.stderr)
                 return 3
+        elif args.command == "pulled":
+            from domainllm.pulled import adopt_pulled
+
+            adopt_pulled(args.targets or None, profile=args.profile)
+            print("outputs marked up to date: DVC restored them as recorded in dvc.lock")
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -112,3 +112,36 @@ def test_push_and_pull_through_a_local_remote(project, tmp_path):
     shutil.rmtree(project / ".dvc/cache")
     sh("dvc", "pull", cwd=project)
     assert table.read_bytes() == before
+
+
+def test_a_pulled_clone_is_not_rebuilt(project, tmp_path):
+    """dvc pull gives new file times; `domainllm pulled` makes Snakemake accept the artifacts."""
+    remote = tmp_path / "remote"
+    git = ("git", "-c", "user.email=t@t", "-c", "user.name=t")
+    sh("dvc", "remote", "add", "-f", "-d", "local", str(remote), cwd=project)
+    sh("dvc", "push", cwd=project)
+    sh(*git, "add", "-A", cwd=project)
+    sh(*git, "commit", "-qm", "results recorded in dvc.lock", "--allow-empty", cwd=project)
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(project), str(clone), cwd=tmp_path)
+    sh("dvc", "remote", "add", "-f", "-d", "local", str(remote), cwd=clone)
+    sh("dvc", "pull", cwd=clone)
+    table = "results/eval/table.parquet"
+    assert (clone / table).read_bytes() == (project / table).read_bytes()
+    # A pulled artifact that no longer matches dvc.lock: refused, nothing touched.
+    md = clone / "results/eval/table.md"
+    original = md.read_text()
+    md.write_text(original + "\nedited\n")
+    stamp = (clone / table).stat().st_mtime_ns
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [str(BIN / "domainllm"), "pulled"], cwd=clone, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "differs from dvc.lock" in proc.stderr, proc.stderr
+    assert (clone / table).stat().st_mtime_ns == stamp
+    md.write_text(original)
+    out = sh(str(BIN / "domainllm"), "pulled", cwd=clone)
+    assert "marked up to date" in out
+    plan = sh("snakemake", "--profile", "profiles/default", "-n", "all", cwd=clone)
+    assert "Nothing to be done" in plan, plan[-3000:]
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone)
