@@ -72,7 +72,9 @@ def test_selection_table_ranks_every_candidate(run):
 def test_generations_exist_for_every_version(run):
     for version in ("base", "cpt", "sft", "sft-gptq"):
         gen = pl.read_parquet(run / f"results/generations/{version}.parquet")
-        assert gen.height == 8
+        # 8 held-out ELYZA prompts, then 4 JSQuAD questions (config/test.yaml).
+        assert gen.height == 8 + 4
+        assert gen["id"].str.starts_with("jsquad/").sum() == 4
         assert (gen["output_tokens"] > 0).all()
 
 
@@ -87,6 +89,8 @@ def test_evaluation_table_has_a_finite_row_per_version(run):
     for col in numeric:
         assert all(math.isfinite(v) for v in table[col].to_list() if v is not None), col
     assert table["jcqa_acc"].null_count() == 0 and table["jcqa_acc_ci_low"].null_count() == 0
+    generic = ("bleu", "rouge_l", "jsquad_exact_match", "jsquad_f1")
+    assert all(table[m].null_count() == 0 for m in generic)
     metrics = json.loads((run / "results/eval/metrics.json").read_text())
     assert set(metrics) == {"base", "cpt", "sft", "sft-gptq"}
     assert (
