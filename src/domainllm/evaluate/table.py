@@ -234,8 +234,8 @@ def _cell(v, lo, hi) -> str:
 
 def _best(df, metric: str, higher: bool | None):
     values = [v for v in df[metric].to_list() if v is not None and not math.isnan(v)]
-    if higher is None or len(values) < 2:
-        return None
+    if higher is None or len(values) < 2 or min(values) == max(values):
+        return None  # no direction, or nothing to tell apart
     return max(values) if higher else min(values)
 
 
@@ -259,7 +259,8 @@ def _notes(no_interval: list[str], n_boot: int, seed: int) -> list[str]:
     notes = [
         f"Cells: value [bootstrap 95% interval over the evaluation items, {n_boot} resamples, "
         f"seed {seed}]; ↑ higher is better, ↓ lower is better; the best version of each metric "
-        "is in bold; – not measured for that version, or no item scored.",
+        "is in bold (none when all are equal); – not measured for that version, or no item "
+        "scored.",
     ]
     if no_interval:
         notes.append(
