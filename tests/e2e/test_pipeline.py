@@ -91,6 +91,14 @@ def test_evaluation_table_has_a_finite_row_per_version(run):
     assert table["jcqa_acc"].null_count() == 0 and table["jcqa_acc_ci_low"].null_count() == 0
     generic = ("bleu", "rouge_l", "jsquad_exact_match", "jsquad_f1")
     assert all(table[m].null_count() == 0 for m in generic)
+    # Every interval holds its point estimate (corpus BLEU once got the interval
+    # of sentence BLEU: another statistic, and the plot refused it).
+    for col in table.columns:
+        if col.endswith("_ci_low"):
+            m = col[: -len("_ci_low")]
+            for r in table.iter_rows(named=True):
+                if r[col] is not None and r[m] is not None:
+                    assert r[col] - 1e-9 <= r[m] <= r[f"{m}_ci_high"] + 1e-9, (m, r["version"])
     metrics = json.loads((run / "results/eval/metrics.json").read_text())
     assert set(metrics) == {"base", "cpt", "sft", "sft-gptq"}
     assert (

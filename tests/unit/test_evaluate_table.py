@@ -177,6 +177,16 @@ def test_every_metric_with_items_has_a_bootstrap_interval(run):
     assert (
         df["chrf_ci_low"].null_count() == 2 and df["domain_bits_per_char_ci_low"].null_count() == 2
     )
+    # Every interval given holds its point estimate (corpus BLEU has none: its
+    # per-item values are sentence BLEU, another statistic).
+    for c in df.columns:
+        if c.endswith("_ci_low"):
+            m = c[: -len("_ci_low")]
+            for r in df.iter_rows(named=True):
+                if r[c] is not None and r[m] is not None:
+                    assert r[c] <= r[m] + 1e-12 <= r[f"{m}_ci_high"] + 2e-12, m
+    if "bleu_ci_low" in df.columns:
+        assert df["bleu_ci_low"].null_count() == df.height
     assert (
         row["empty_output_rate"] == pytest.approx(1 / 12) and row["empty_output_rate_ci_high"] > 0
     )

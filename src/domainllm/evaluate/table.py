@@ -19,7 +19,7 @@ median). The per-item values come from the items file (JCommonsenseQA
 correctness, sentence chrF, the evaluator score, and any per-item metric the
 version writes under its own name), from the answers themselves (length, empty
 and repetition rates) and from the evaluators' score files. Metrics measured only
-over a whole corpus (domain bits per character and perplexity, corpus chrF) have
+over a whole corpus (domain bits per character and perplexity, corpus chrF and BLEU) have
 no per-item values and no interval; the table says so.
 """
 
@@ -43,6 +43,11 @@ ITEM_TO_VERSION = {
     "jcqa_correct_norm": "jcqa_acc_norm",
     "jcqa_correct_bytes": "jcqa_acc_bytes",
     "chrf": "chrf_sentence_mean",
+    # Version BLEU is corpus BLEU (n-gram counts pooled over all answers), not the
+    # mean of sentence BLEU: an interval of the sentence mean would not cover it
+    # (on the embedded default: corpus 0.03, sentence-mean interval [0.26, 0.48]).
+    # No version metric has this name, so BLEU gets no item interval.
+    "bleu": "bleu_sentence_mean",
 }
 SCORE_COLUMNS = ("evaluator", "kind", "version", "item_id", "output", "score", "abstains")
 
@@ -334,7 +339,9 @@ def plot_metrics(df, names: list[str], path: str) -> None:
         v = np.array([np.nan if a is None else a for a in df[m].to_list()], float)
         lo = np.array([np.nan if a is None else a for a in df[f"{m}_ci_low"].to_list()], float)
         hi = np.array([np.nan if a is None else a for a in df[f"{m}_ci_high"].to_list()], float)
-        err = np.vstack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)])
+        # A point estimate can sit a rounding error (or, for a ratio of sums, more)
+        # outside its percentile interval; matplotlib refuses negative bar lengths.
+        err = np.clip(np.vstack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)]), 0, None)
         ax.errorbar(x, v, yerr=err, fmt="o", capsize=4)
         d = _direction(m)
         ax.set_title(m + ("" if d is None else " (higher better)" if d else " (lower better)"))
