@@ -12,11 +12,10 @@ import pytest
 
 from domainllm.data.feedback import prepare_feedback
 from domainllm.errors import DataError
-from domainllm.evaluate.feedback import register_evaluator, split_dialogue
+from domainllm.evaluate.feedback import read_feedback, register_evaluator, split_dialogue
 from domainllm.evaluate.validation import (
     bootstrap_ci,
     read_graded,
-    read_labelled,
     reference_pairs,
     spearman,
     validate_evaluators,
@@ -116,7 +115,7 @@ def test_held_out_metrics_match_a_direct_computation(data, tmp_path):
     folder = _length_folder(tmp_path / "length")
     _, md, js = _run(root, [folder], gens)
     r = js["evaluators"]["length"]
-    fb = read_labelled(str(root / "fb_te.parquet"))
+    fb = read_feedback(str(root / "fb_te.parquet"))
     scores = np.array([_length_score(t) for t in fb["text"]])
     assert r["feedback"]["auc"] == pytest.approx(roc_auc_score(fb["label"], scores))
     labels = fb["label"].to_numpy()
@@ -242,7 +241,7 @@ def test_trained_evaluator_and_judge_are_validated_the_same_way(data, tmp_path):
     )
     assert set(js["evaluators"]) == {"lgbm", "judge"}
     lg, jd = js["evaluators"]["lgbm"], js["evaluators"]["judge"]
-    assert lg["feedback"]["texts"] == read_labelled(str(root / "fb_te.parquet")).height
+    assert lg["feedback"]["texts"] == read_feedback(str(root / "fb_te.parquet")).height
     assert 0 <= lg["feedback"]["auc"] <= 1 and "pairwise" not in lg and "graded" not in lg
     # The judge: a subset, both orders, position bias, the graded check.
     assert jd["kind"] == "judge" and jd["feedback"]["paired"]["pairs"] == 4
@@ -278,14 +277,14 @@ def _feedback_file(tmp_path, labels) -> str:
 
 def test_unlabelled_feedback_is_refused_naming_the_file_and_row(tmp_path):
     path = _feedback_file(tmp_path, [1, 0, None, 0])
-    with pytest.raises(DataError, match=r"fb.parquet: 1 of 4 rows have no label, first row 2"):
-        read_labelled(path)
+    with pytest.raises(DataError, match=r"fb.parquet: row 2 has no label .*1 of 4 rows unlabelled"):
+        read_feedback(path)
 
 
 def test_single_class_feedback_is_refused_naming_the_file(tmp_path):
     path = _feedback_file(tmp_path, [1, 1, 1, 1])
     with pytest.raises(DataError, match=r"fb.parquet: every text has label 1"):
-        read_labelled(path)
+        read_feedback(path)
 
 
 def test_feedback_without_labels_is_refused(tmp_path, data):

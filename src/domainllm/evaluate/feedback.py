@@ -348,7 +348,16 @@ def classification_metrics(pair_ids, labels, scores) -> dict:
 
 
 def read_feedback(path: str):
-    """Read labelled feedback texts (pair_id, text, label); bad data is a DataError."""
+    """Read labelled feedback texts (pair_id, text, label: 0 bad, 1 good).
+
+    Labels come back as Int64 and missing texts as "".
+
+    Raises:
+        DataError: naming ``path`` (and the first bad row): unreadable, a column
+            missing, no rows, a row without a label (unlabelled data), a label
+            other than 0/1, or a single class (training, AUC and the paired
+            check need both).
+    """
     import polars as pl
 
     try:
@@ -357,18 +366,27 @@ def read_feedback(path: str):
         raise DataError(f"{path}: cannot read Parquet: {e}") from e
     missing = [c for c in ("pair_id", "text", "label") if c not in df.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-    unlabelled = df.with_row_index("row").filter(pl.col("label").is_null())
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (unlabelled data?)")
+    if df.height == 0:
+        raise DataError(f"{path}: no labelled texts")
+    rows = df.with_row_index("row")
+    unlabelled = rows.filter(pl.col("label").is_null())
     if unlabelled.height:
-        raise DataError(f"{path}: row {unlabelled['row'][0]} has no label")
-    bad = df.filter(~pl.col("label").is_in([0, 1]))
+        raise DataError(
+            f"{path}: row {unlabelled['row'][0]} has no label (pair {unlabelled['pair_id'][0]}; "
+            f"{unlabelled.height} of {df.height} rows unlabelled)"
+        )
+    bad = rows.filter(~pl.col("label").is_in([0, 1]))
     if bad.height:
         raise DataError(
-            f"{path}: label must be 0 or 1, found {bad['label'][0]} (pair {bad['pair_id'][0]})"
+            f"{path}: row {bad['row'][0]} (pair {bad['pair_id'][0]}): label must be 0 or 1, "
+            f"found {bad['label'][0]}"
         )
     if df["label"].n_unique() < 2:
-        raise DataError(f"{path}: needs both labels (0 and 1), found only {df['label'][0]}")
-    return df
+        raise DataError(
+            f"{path}: every text has label {df['label'][0]}; needs both labels (good 1 and bad 0)"
+        )
+    return df.with_columns(pl.col("label").cast(pl.Int64), pl.col("text").fill_null(""))
 
 
 def sample_pairs(df, max_pairs: int | None, seed: int):

@@ -52,47 +52,6 @@ DEFAULT_THRESHOLDS = {
 # ---------------------------------------------------------------- inputs
 
 
-def read_labelled(path: str):
-    """Read labelled feedback texts (pair_id, text, label) for validation.
-
-    Raises:
-        DataError: naming ``path`` (and the first bad row): unreadable, a column
-            missing, no rows, a row without a label (unlabelled data), a label
-            other than 0/1, or a single class (AUC and the paired check need both).
-    """
-    import polars as pl
-
-    try:
-        df = pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - polars raises several types for a bad file
-        raise DataError(f"{path}: cannot read Parquet: {e}") from e
-    missing = [c for c in ("pair_id", "text", "label") if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (unlabelled data?)")
-    if df.height == 0:
-        raise DataError(f"{path}: no labelled texts")
-    rows = df.with_row_index("row")
-    unlabelled = rows.filter(pl.col("label").is_null())
-    if unlabelled.height:
-        raise DataError(
-            f"{path}: {unlabelled.height} of {df.height} rows have no label, first row "
-            f"{unlabelled['row'][0]} (pair {unlabelled['pair_id'][0]})"
-        )
-    bad = rows.filter(~pl.col("label").is_in([0, 1]))
-    if bad.height:
-        raise DataError(
-            f"{path}: row {bad['row'][0]} (pair {bad['pair_id'][0]}): label must be 0 or 1, "
-            f"found {bad['label'][0]}"
-        )
-    classes = sorted(set(df["label"].to_list()))
-    if len(classes) < 2:
-        raise DataError(
-            f"{path}: every text has label {classes[0]}; validation needs both good (1) and "
-            "bad (0) texts"
-        )
-    return df.with_columns(pl.col("label").cast(pl.Int64), pl.col("text").fill_null(""))
-
-
 def _task(row: dict) -> str:
     """The task of a generation: its ``task`` column, else its id's prefix (``elyza/12``)."""
     if row.get("task"):
@@ -423,7 +382,7 @@ def validate_evaluator(
 
     Args:
         folder: evaluator folder (any registered kind).
-        feedback: labelled held-out texts (:func:`read_labelled`).
+        feedback: labelled held-out texts (:func:`domainllm.evaluate.feedback.read_feedback`).
         ref_pairs: :func:`reference_pairs` output.
         graded: (sentence1, sentence2, human score) or None.
         n_boot: bootstrap resamples.
@@ -644,7 +603,9 @@ def validate_evaluators(
     if len(names) != len(evaluators) or len(set(names)) != len(names):
         raise PipelineError(f"evaluator names must be unique, one per folder: {names}")
     t = {**DEFAULT_THRESHOLDS, **{k: v for k, v in (thresholds or {}).items() if v is not None}}
-    feedback = read_labelled(feedback_test)
+    from domainllm.evaluate.feedback import read_feedback
+
+    feedback = read_feedback(feedback_test)
     refs, ref_counts = reference_pairs(generations)
     graded_data = read_graded(graded, graded_max_pairs) if graded else None
     report = {
