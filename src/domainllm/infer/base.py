@@ -231,6 +231,25 @@ class Backend:
     """
 
     name: str = "base"
+    # Backends that see token ids locally set these: the model's tokenizer, and
+    # whether prompts go through its chat template.
+    tokenizer = None
+    chat: bool = False
+
+    def format_prompt(self, prompt: str) -> str:
+        """The text the model sees for ``prompt`` (chat template applied when ``chat``)."""
+        if not self.chat:
+            return prompt
+        from domainllm.train.chat import format_prompt
+
+        return format_prompt(self.tokenizer, prompt)
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """Token ids of one prompt as the model sees it, before any truncation."""
+        # The chat template writes bos itself; a raw prompt gets the tokenizer's specials.
+        return self.tokenizer(self.format_prompt(prompt), add_special_tokens=not self.chat)[
+            "input_ids"
+        ]
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
         """Generate one completion per prompt, in the order of ``prompts``.

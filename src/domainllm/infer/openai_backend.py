@@ -283,20 +283,6 @@ class OpenAIBackend(Backend):
 
     # -- generation -----------------------------------------------------------------------
 
-    def format_prompt(self, prompt: str) -> str:
-        """The text the model sees for ``prompt`` (local chat template, completions endpoint)."""
-        if not self.chat:
-            return prompt
-        from domainllm.train.chat import format_prompt
-
-        return format_prompt(self.tokenizer, prompt)
-
-    def tokenize(self, prompt: str) -> list[int]:
-        """Token ids of one prompt as the model sees it, before any truncation."""
-        return self.tokenizer(self.format_prompt(prompt), add_special_tokens=not self.chat)[
-            "input_ids"
-        ]
-
     def _body(self, prompt: str, index: int, params: SamplingParams) -> tuple[dict, int, bool]:
         """The request for one prompt, its local token count (0: unknown) and truncation."""
         body: dict = {

@@ -90,21 +90,6 @@ class TransformersBackend(Backend):
                 ids.append(int(i))
         return ids
 
-    def format_prompt(self, prompt: str) -> str:
-        """The text the model sees for ``prompt`` (chat template applied when ``chat``)."""
-        if not self.chat:
-            return prompt
-        from domainllm.train.chat import format_prompt
-
-        return format_prompt(self.tokenizer, prompt)
-
-    def tokenize(self, prompt: str) -> list[int]:
-        """Token ids of one prompt as the model sees it, before any truncation."""
-        # The chat template writes bos itself; a raw prompt gets the tokenizer's specials.
-        return self.tokenizer(self.format_prompt(prompt), add_special_tokens=not self.chat)[
-            "input_ids"
-        ]
-
     def encode(self, prompt: str, max_new_tokens: int, index: int = 0) -> tuple[list[int], bool]:
         """Token ids of one prompt, cut from the left (or refused) to leave room for the answer."""
         return fit_prompt(

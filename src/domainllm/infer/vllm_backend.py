@@ -80,13 +80,6 @@ class VLLMBackend(Backend):
         self.tokenizer = self.llm.get_tokenizer()
         self.context = self.llm.llm_engine.model_config.max_model_len
 
-    def format_prompt(self, prompt: str) -> str:
-        if not self.chat:
-            return prompt
-        from domainllm.train.chat import format_prompt
-
-        return format_prompt(self.tokenizer, prompt)
-
     def _generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
         import vllm
 
@@ -100,12 +93,9 @@ class VLLMBackend(Backend):
             logit_bias=params.logit_bias or None,
             logprobs=0 if params.logprobs else None,
         )
-        # The chat template already writes bos: tokenise without specials, as the HF backend does.
         fitted = [
             fit_prompt(
-                self.tokenizer(self.format_prompt(p), add_special_tokens=not self.chat)[
-                    "input_ids"
-                ],
+                self.tokenize(p),
                 context=self.context,
                 max_new_tokens=params.max_new_tokens,
                 overflow=self.overflow,
