@@ -10,12 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+from domainllm.corpus.embedding_check import read_sts_pairs
 from domainllm.data.feedback import prepare_feedback
 from domainllm.errors import DataError
 from domainllm.evaluate.feedback import read_feedback, register_evaluator, split_dialogue
 from domainllm.evaluate.validation import (
     bootstrap_ci,
-    read_graded,
     reference_pairs,
     spearman,
     validate_evaluators,
@@ -257,7 +257,7 @@ def test_trained_evaluator_and_judge_are_validated_the_same_way(data, tmp_path):
 def test_sentence_chrf_agrees_with_jsts_human_similarity():
     from domainllm.evaluate.metrics import sentence_chrf
 
-    s1, s2, y = read_graded(str(JSTS), 100)
+    s1, s2, y = read_sts_pairs(str(JSTS), 100)
     r = spearman(np.asarray(sentence_chrf(s1, s2)), y, 200, 1)
     assert r["spearman"] > 0.4 and r["ci_low"] > 0.2 and r["pairs_scored"] == 100
 
@@ -307,5 +307,5 @@ def test_a_graded_line_without_a_score_names_file_and_line(tmp_path):
     path.write_text(
         '{"sentence1": "a", "sentence2": "b", "label": 1.0}\n{"sentence1": "a", "sentence2": "c"}\n'
     )
-    with pytest.raises(DataError, match=r"jsts.json:2: 'label' must be a number"):
-        read_graded(str(path), None)
+    with pytest.raises(DataError, match=r"jsts.json:2: 'label' is not a number"):
+        read_sts_pairs(str(path), None)

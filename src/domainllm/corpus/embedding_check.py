@@ -57,6 +57,8 @@ def read_sts_pairs(path: str | Path, max_pairs: int | None = None):
         labels.append(float(label))
     if len(a) < 3:
         raise DataError(f"{path}: {len(a)} sentence pairs; at least 3 are needed")
+    if len(set(labels)) < 2:
+        raise DataError(f"{path}: needs at least two different human scores (a correlation)")
     return a, b, np.asarray(labels, dtype=np.float64)
 
 

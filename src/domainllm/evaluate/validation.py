@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from domainllm.errors import DataError, PipelineError
+from domainllm.errors import PipelineError
 from domainllm.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -109,27 +109,6 @@ def reference_pairs(
             c["pairs"] += 1
         counts[version] = c
     return pairs, counts
-
-
-def read_graded(path: str, max_pairs: int | None) -> tuple[list[str], list[str], np.ndarray]:
-    """JSTS-style graded pairs: (sentence1, sentence2, label) lines, the first ``max_pairs``."""
-    from domainllm.io import read_jsonl
-
-    s1, s2, y = [], [], []
-    for lineno, obj in read_jsonl(path):
-        if max_pairs is not None and len(y) >= max_pairs:
-            break
-        a, b, label = obj.get("sentence1"), obj.get("sentence2"), obj.get("label")
-        if not isinstance(a, str) or not isinstance(b, str):
-            raise DataError(f"{path}:{lineno}: expected string fields 'sentence1' and 'sentence2'")
-        if not isinstance(label, int | float) or isinstance(label, bool):
-            raise DataError(f"{path}:{lineno}: 'label' must be a number (human score)")
-        s1.append(a)
-        s2.append(b)
-        y.append(float(label))
-    if len(set(y)) < 2:
-        raise DataError(f"{path}: needs at least two different human scores")
-    return s1, s2, np.asarray(y)
 
 
 # ---------------------------------------------------------------- statistics
@@ -607,7 +586,9 @@ def validate_evaluators(
 
     feedback = read_feedback(feedback_test)
     refs, ref_counts = reference_pairs(generations)
-    graded_data = read_graded(graded, graded_max_pairs) if graded else None
+    from domainllm.corpus.embedding_check import read_sts_pairs
+
+    graded_data = read_sts_pairs(graded, graded_max_pairs) if graded else None
     report = {
         "thresholds": t,
         "n_boot": n_boot,
