@@ -14,8 +14,8 @@ from domainllm.corpus.embedding_check import read_sts_pairs
 from domainllm.data.feedback import prepare_feedback
 from domainllm.errors import DataError
 from domainllm.evaluate.feedback import read_feedback, register_evaluator, split_dialogue
+from domainllm.evaluate.table import bootstrap_interval
 from domainllm.evaluate.validation import (
-    bootstrap_ci,
     reference_pairs,
     spearman,
     validate_evaluators,
@@ -146,7 +146,7 @@ def test_intervals_are_seeded(data, tmp_path):
     assert (a["ci_low"], a["ci_high"]) != (c["paired"]["ci_low"], c["paired"]["ci_high"])
     rng = np.random.default_rng(0)
     x = rng.random(50)
-    lo, hi = bootstrap_ci(x, 2000, 3)
+    lo, hi = bootstrap_interval(x, "mean", 2000, 3)
     assert lo < x.mean() < hi and hi - lo == pytest.approx(2 * 1.96 * x.std() / math.sqrt(50), 0.2)
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from domainllm.errors import PipelineError
+from domainllm.evaluate.table import bootstrap_interval
 from domainllm.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -122,21 +123,6 @@ def pair_wins(preferred: np.ndarray, other: np.ndarray) -> np.ndarray:
     return wins
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, stat=np.mean) -> tuple[float, float]:
-    """Percentile 95% interval of ``stat`` over ``values`` resampled with replacement."""
-    values = np.asarray(values, float)
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    if stat is np.mean:
-        stats = values[idx].mean(axis=1)
-    else:
-        stats = np.array([stat(values[i]) for i in idx])
-    lo, hi = np.nanpercentile(stats, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Mann-Whitney AUC (ties half); NaN when a class is missing."""
     from scipy.stats import rankdata
@@ -168,7 +154,7 @@ def paired_summary(wins: np.ndarray, n_boot: int, seed: int) -> dict:
     """Share of pairs the preferred text wins (pairs with both scores), with its interval."""
     wins = np.asarray(wins, float)
     scored = wins[~np.isnan(wins)]
-    lo, hi = bootstrap_ci(scored, n_boot, seed)
+    lo, hi = bootstrap_interval(scored, "mean", n_boot, seed)
     return {
         "paired_accuracy": float(scored.mean()) if len(scored) else float("nan"),
         "ci_low": lo,
