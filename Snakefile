@@ -15,6 +15,10 @@ configfile: "config/config.yaml"
 validate_config(config, workflow.source_path("config/schema.yaml"), source="config")
 
 
+# `snakemake --report report.html`: one self-contained page of the results marked report().
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/corpus.smk"
 include: "rules/select_base.smk"

@@ -130,7 +130,12 @@ rule select_domain:
     output:
         selected=CORPUS_SELECTED,
         report=CORPUS_SELECTION,
-        histogram=CORPUS_SELECTION_HIST,
+        histogram=report(
+            CORPUS_SELECTION_HIST,
+            caption="../report/selection_hist.rst",
+            category="1. Corpus",
+            subcategory="Domain selection",
+        ),
         markdown=CORPUS_SELECTION_REPORT,
     params:
         score=config["corpus"]["select"]["score"],

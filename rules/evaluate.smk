@@ -186,17 +186,24 @@ rule eval_table:
     output:
         table=EVAL_TABLE,
         table_md=f"{R}/eval/table.md",
-        table_html=f"{R}/eval/table.html",
+        table_html=report(
+            f"{R}/eval/table.html",
+            caption="../report/eval_table.rst",
+            category="5. Evaluation",
+            subcategory="Table",
+        ),
         metrics=f"{R}/eval/metrics.json",
         plot_metrics=report(
             f"{EVAL_PLOTS}/metrics_by_version.png",
             caption="../report/metrics_by_version.rst",
-            category="Evaluation",
+            category="5. Evaluation",
+            subcategory="Plots",
         ),
         plot_scores=report(
             f"{EVAL_PLOTS}/score_distributions.png",
             caption="../report/score_distributions.rst",
-            category="Evaluation",
+            category="5. Evaluation",
+            subcategory="Plots",
         ),
     params:
         n_boot=config["evaluate"]["n_boot"],

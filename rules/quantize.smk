@@ -71,7 +71,12 @@ rule quantize_quality:
         origin=chosen_base_dir,
     output:
         json=QUANT_QUALITY,
-        md=QUANT_QUALITY_MD,
+        md=report(
+            QUANT_QUALITY_MD,
+            caption="../report/quantize_quality.rst",
+            category="4. Quantisation",
+            subcategory="Quality",
+        ),
     params:
         model_name=MODEL,
         # The window of base selection and evaluation, so perplexities compare.

@@ -64,7 +64,12 @@ checkpoint select_base:
         scores=expand(f"{R}/selection/scores/{{candidate}}.json", candidate=CANDIDATES),
     output:
         table=SELECTION_TABLE,
-        table_md=f"{R}/selection/table.md",
+        table_md=report(
+            f"{R}/selection/table.md",
+            caption="../report/selection_table.rst",
+            category="2. Base selection",
+            subcategory="Ranking",
+        ),
         chosen=CHOSEN,
     params:
         weights=config["base"]["selection"]["weights"],

@@ -86,7 +86,13 @@ if CPT["launcher"] == "none":
             base=chosen_base_dir,
             shards=chosen_shards,
         output:
-            directory(model_dir("cpt")),
+            report(
+                directory(model_dir("cpt")),
+                patterns=["{name}_curve.png"],
+                caption="../report/loss_cpt.rst",
+                category="3. Training",
+                subcategory="Continued pre-training",
+            ),
         params:
             checkpoint_dir=checkpoint_dir("cpt"),
             **CPT_OPTIONS,
@@ -119,7 +125,13 @@ else:
             base=chosen_base_dir,
             shards=chosen_shards,
         output:
-            directory(model_dir("cpt")),
+            report(
+                directory(model_dir("cpt")),
+                patterns=["{name}_curve.png"],
+                caption="../report/loss_cpt.rst",
+                category="3. Training",
+                subcategory="Continued pre-training",
+            ),
         params:
             launch=launch_command(
                 "domainllm.train.cpt",
@@ -155,7 +167,13 @@ rule train_sft:
         origin=chosen_base_dir,
         chat_template=sft_chat_template,
     output:
-        directory(model_dir("sft")),
+        report(
+            directory(model_dir("sft")),
+            patterns=["{name}_curve.png"],
+            caption="../report/loss_sft.rst",
+            category="3. Training",
+            subcategory="Instruction tuning",
+        ),
     params:
         checkpoint_dir=checkpoint_dir("sft"),
         max_steps=config["sft"]["max_steps"],

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
 from tests.conftest import make_workdir, snakemake
 
@@ -123,3 +124,40 @@ def test_every_evaluator_is_validated_against_people(run):
 def test_a_second_run_has_nothing_to_do(run):
     proc = snakemake("-n", "--cores", "1", "--configfile", "config/test.yaml", cwd=run)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_report_holds_every_result(run, tmp_path):
+    """`snakemake --report` after the run: one HTML file embedding the selection table, the
+    corpus histogram, both loss curves, the quantisation table, the evaluation table and
+    its plots, each byte for byte, with its caption."""
+    from tests.workflow.test_report import read_report
+
+    out = tmp_path / "report.html"
+    snakemake("--cores", "1", "--configfile", "config/test.yaml", "--report", str(out), cwd=run)
+    results, categories = read_report(out)
+    expected = {
+        "results/corpus/selection_hist.png": ("1. Corpus", "Domain selection"),
+        "results/selection/table.md": ("2. Base selection", "Ranking"),
+        "results/models/tiny-test/cpt/loss_curve.png": ("3. Training", "Continued pre-training"),
+        "results/models/tiny-test/sft/loss_curve.png": ("3. Training", "Instruction tuning"),
+        "results/quantize/tiny-test/quality.md": ("4. Quantisation", "Quality"),
+        "results/eval/table.html": ("5. Evaluation", "Table"),
+        "results/eval/plots/metrics_by_version.png": ("5. Evaluation", "Plots"),
+        "results/eval/plots/score_distributions.png": ("5. Evaluation", "Plots"),
+    }
+    assert set(results) == set(expected)
+    for path, (category, subcategory) in expected.items():
+        assert path in categories[category][subcategory], path
+        assert results[path]["bytes"] == (run / path).read_bytes(), path
+        assert results[path]["caption"].startswith("<p>"), path
+    # The tables are readable in the page: the Markdown ones inside their captions.
+    chosen = json.loads((run / "results/selection/chosen.json").read_text())["name"]
+    assert f"| {chosen} |" in results["results/selection/table.md"]["caption"]
+    assert "| gptq |" in results["results/quantize/tiny-test/quality.md"]["caption"]
+    assert results["results/eval/table.html"]["mime_type"] == "text/html"
+    assert "<td" in results["results/eval/table.html"]["bytes"].decode()
+    # Captions are rendered with the run's settings (select_domain's cut, cpt.max_steps).
+    assert "quantile" in results["results/corpus/selection_hist.png"]["caption"]
+    max_steps = yaml.safe_load((run / "config/test.yaml").read_text())["cpt"]["max_steps"]
+    steps = results["results/models/tiny-test/cpt/loss_curve.png"]["caption"]
+    assert f"cpt.max_steps</tt> = {max_steps}," in steps
