@@ -2,6 +2,7 @@
 # Paths are built once here from config["paths"]; rule files never retype them.
 
 import json
+import os
 import re
 
 from domainllm.evaluate.feedback import check_evaluator_specs
@@ -11,6 +12,8 @@ from domainllm.models.tasks import load_tasks
 
 R = config["paths"]["results"]
 L = config["paths"]["logs"]
+# Every atomic write under R records its sha256 in R/.checksums/ (domainllm verify).
+os.makedirs(f"{R}/.checksums", exist_ok=True)
 MODEL = config["model_name"]
 CANDIDATES = [c["name"] for c in config["base"]["candidates"]]
 CANDIDATE_SPECS = {c["name"]: c for c in config["base"]["candidates"]}

@@ -4,6 +4,7 @@ Usage:
     domainllm validate config/config.yaml [--print]   # check a config, print it filled
     domainllm diff A B [--fail-on METRIC:TOL]          # compare two model versions
     domainllm pulled [TARGET ...]                      # after dvc pull: no needless rebuild
+    domainllm verify [RESULTS]                         # check every artifact for corruption
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     u.add_argument("targets", nargs="*", help="Snakemake targets (default: all)")
     u.add_argument("--profile", default="profiles/default", help="Snakemake profile")
+    v = sub.add_parser(
+        "verify",
+        help="check every artifact against its write-time checksum, shard manifest or format",
+        description=(
+            "Check every file under RESULTS: against the sha256 recorded when it was written "
+            "(RESULTS/.checksums/), shard manifests, else its format (Parquet, JSON, "
+            "safetensors, ...). Exit 1, listing each bad file and why, if anything is corrupt."
+        ),
+    )
+    v.add_argument("results", nargs="?", default="results", help="run folder (default: results)")
     args = parser.parse_args(argv)
     try:
         if args.command == "validate":
@@ -80,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
 
             adopt_pulled(args.targets or None, profile=args.profile)
             print("outputs marked up to date: DVC restored them as recorded in dvc.lock")
+        elif args.command == "verify":
+            from domainllm.verify import verify
+
+            report = verify(args.results)
+            print(report.summary())
+            if not report.ok:
+                return 1
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

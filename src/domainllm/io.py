@@ -41,6 +41,11 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         tmp.mkdir()
     try:
         yield tmp
+        # Its sha256 for `domainllm verify`, recorded before the rename so a record
+        # never vouches for a partial write (only under a results folder with .checksums/).
+        from domainllm.verify import record_checksum
+
+        record_checksum(tmp, final)
         if directory:
             _remove(final)
         os.replace(tmp, final)
