@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import REPO, make_workdir
+from tests.conftest import REPO
+from tests.workflow._loaded import loaded_workflow
 
 # Rule -> the caption of each of its outputs in the report: the selection table, the
 # corpus histogram, both loss curves, the quantisation table, the evaluation table and
@@ -74,25 +74,9 @@ def _path(source_file) -> Path:
 @pytest.fixture(scope="module", params=["none", "torchrun"], ids=["script", "launcher"])
 def marked(request, tmp_path_factory):
     """The report markers, with train_cpt as a script rule and as a launcher rule."""
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
-
-    work = make_workdir(tmp_path_factory.mktemp("report"))
-    cwd = os.getcwd()
-    try:
-        with SnakemakeApi(OutputSettings()) as api:
-            workflow = api.workflow(
-                resource_settings=ResourceSettings(),
-                config_settings=ConfigSettings(
-                    configfiles=[REPO / "config/test.yaml"],
-                    config={"cpt": {"launcher": request.param}},
-                ),
-                snakefile=REPO / "Snakefile",
-                workdir=work,
-            )._workflow
-            yield _marked(workflow), workflow
-    finally:
-        os.chdir(cwd)  # the workflow changes into its working directory
+    config = {"cpt": {"launcher": request.param}}
+    with loaded_workflow(tmp_path_factory.mktemp("report"), config=config) as workflow:
+        yield _marked(workflow), workflow
 
 
 def test_every_named_result_is_marked_for_the_report(marked):
