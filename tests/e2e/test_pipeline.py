@@ -161,3 +161,31 @@ def test_report_holds_every_result(run, tmp_path):
     max_steps = yaml.safe_load((run / "config/test.yaml").read_text())["cpt"]["max_steps"]
     steps = results["results/models/tiny-test/cpt/loss_curve.png"]["caption"]
     assert f"cpt.max_steps</tt> = {max_steps}," in steps
+
+
+def test_diff_of_two_versions_in_the_table(run, tmp_path):
+    """`domainllm diff sft sft-gptq` on the run: every table metric, the real GPTQ folder
+    counted as the model it quantises, the corpus and shards as the run wrote them."""
+    from domainllm.evaluate.diff import diff
+
+    result, failed = diff("sft", "sft-gptq", results=str(run / "results"), out=str(tmp_path / "d"))
+    assert failed == []
+    table = pl.read_parquet(run / "results/eval/table.parquet")
+    measured = {c for c in table.columns if c not in ("version", "model")}
+    measured = {c for c in measured if not c.endswith(("_ci_low", "_ci_high"))}
+    sft = table.filter(pl.col("version") == "sft").row(0, named=True)
+    rows = {r["metric"]: r for r in result["metrics"]}
+    assert {m for m in measured if sft[m] is not None} <= set(rows)
+    assert rows["jcqa_acc"]["n"] > 0 and "p_value" in rows["jsquad_f1"]
+    ia, ib = result["a"]["info"], result["b"]["info"]
+    assert ia["parameters"] == ib["parameters"] > 0
+    assert ia["quantisation"].startswith("none") and ib["quantisation"].startswith("W4A16")
+    assert ib["weights_mb"] < ia["weights_mb"]
+    chosen = json.loads((run / "results/selection/chosen.json").read_text())["name"]
+    manifest = json.loads((run / f"results/shards/{chosen}/manifest.json").read_text())
+    data = result["data"]["a"]
+    tokens = sum(s["total_tokens"] for s in manifest["splits"].values())
+    assert data[f"shards ({chosen}): tokens"] == tokens
+    selection = json.loads((run / "results/corpus/selection.json").read_text())
+    assert data["selection threshold"] == selection["threshold"]
+    assert "<h2>Data</h2>" in (tmp_path / "d.html").read_text()

@@ -189,7 +189,7 @@ def test_diff_compares_two_versions_with_paired_statistics(setup, tmp_path):
     assert acc["n"] == 20 and acc["ci_low"] <= acc["delta"] <= acc["ci_high"]
     assert 0 < acc["p_value"] <= 1
     assert len(result["examples"]) == 5
-    assert result["a"]["info"]["stored_parameters"] > 0
+    assert result["a"]["info"]["parameters"] > 0
     for ext in ("md", "html", "json"):
         assert (tmp_path / f"d.{ext}").stat().st_size > 0
     assert "base vs cpt" in (tmp_path / "d.md").read_text()

@@ -6,6 +6,7 @@ with config/test.yaml as its config (slow: the whole tiny chain runs once).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -152,3 +153,68 @@ def test_checked_out_artifacts_are_not_rebuilt(project, tmp_path):
     plan = sh("snakemake", "--profile", "profiles/default", "-n", "all", cwd=project)
     assert "Nothing to be done" in plan, plan[-3000:]
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=project)
+
+
+def test_diff_between_two_git_revisions(project, tmp_path):
+    """`domainllm diff REV:VERSION REV:VERSION` reads both sides as committed, through DVC.
+
+    Two commits differ in generate.max_new_tokens; the workspace holds the second, so
+    the first side can only come from DVC's cache at its revision.
+    """
+    git = ("git", "-c", "user.email=t@t", "-c", "user.name=t")
+    cfg_path = project / "config/config.yaml"
+
+    def commit(message: str) -> str:
+        sh("dvc", "repro", cwd=project)
+        sh(*git, "add", "-A", cwd=project)
+        sh(*git, "commit", "-qm", message, cwd=project)
+        return sh("git", "rev-parse", "HEAD", cwd=project).strip()
+
+    first = commit("evaluated")
+    first_sft = json.loads((project / "results/eval/versions/sft.json").read_text())
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["generate"]["max_new_tokens"] = 2 if cfg["generate"]["max_new_tokens"] != 2 else 3
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    second = commit("shorter answers")
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    out = tmp_path / "diff"
+    args = [str(BIN / "domainllm"), "diff", f"{first}:sft", f"{second}:sft", "--out", str(out)]
+    proc = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["metric"]: r for r in result["metrics"]}
+    tokens = rows["output_tokens_mean"]
+    assert tokens["a"] == first_sft["metrics"]["output_tokens_mean"]  # the first commit's
+    assert tokens["b"] <= cfg["generate"]["max_new_tokens"] < tokens["a"]
+    # Same model at both revisions: JCommonsenseQA identical item by item.
+    jcqa = rows["jcqa_acc"]
+    assert jcqa["delta"] == 0 and jcqa["n"] > 0 and jcqa["ci_low"] == jcqa["ci_high"] == 0
+    assert rows["chrf_sentence_mean"]["n"] > 0  # paired over the answers
+    assert result["examples"] and all(e["output_a"] != e["output_b"] for e in result["examples"])
+    # The models and the data, read at each revision.
+    ia, ib = result["a"]["info"], result["b"]["info"]
+    assert ia["parameters"] == ib["parameters"] > 0 and ia["size_on_disk_mb"] > 0
+    assert ia["quantisation"] == "none (full precision)"
+    da, db = result["data"]["a"], result["data"]["b"]
+    assert da == db and da["selection threshold"] > 0
+    assert any(
+        k.startswith("shards (") and k.endswith("): tokens") and v > 0 for k, v in da.items()
+    )
+    md = out.with_suffix(".md").read_text()
+    assert f"A = {first}:sft ({first})" in md and "## Data" in md
+
+    # The quantised version at the first commit: another scheme, fewer bytes.
+    both = [str(BIN / "domainllm"), "diff", f"{first}:sft", f"{first}:sft-gptq"]
+    proc = subprocess.run(
+        [*both, "--out", str(out)], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["b"]["info"]["quantisation"].startswith("W4A16")
+    assert result["b"]["info"]["weights_mb"] < result["a"]["info"]["weights_mb"]
+    # An unknown revision: a clear error, exit 1.
+    proc = subprocess.run(
+        [*args[:2], "nosuchrev:sft", "sft"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "nosuchrev" in proc.stderr
