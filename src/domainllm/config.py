@@ -11,6 +11,7 @@ Usage:
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import yaml
@@ -57,7 +58,8 @@ def validate_config(
 
     Raises:
         ConfigError: naming the key path (``corpus.sources[2].format``) of the
-            first problems found, e.g. an unknown key or a wrong type.
+            first problems found, e.g. an unknown key or a wrong type; or a path
+            outside the working directory (:func:`check_paths`).
     """
     import jsonschema
 
@@ -83,10 +85,76 @@ def validate_config(
                 for k in extra:
                     key = f"{where}.{k}" if where != "<root>" else k
                     lines.append(f"unknown key '{key}' (allowed here: {', '.join(allowed)})")
+            elif where.endswith("api_key_env"):
+                # Not echoed: what was pasted here instead of a variable name may be the key.
+                lines.append(
+                    f"key '{where}': not an environment variable name (name the variable that "
+                    "holds the API key; the key itself never goes in the config)"
+                )
             else:
                 lines.append(f"key '{where}': {e.message}")
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines))
+    check_paths(config, schema, source=source)
     return config
+
+
+def _path_values(node: dict, value, where: list, defs: dict):
+    """``(key path, value)`` of every string the schema marks as a path: a ``$ref`` to
+    ``#/$defs/path`` or ``format: path``."""
+    ref = node.get("$ref", "")
+    if ref == "#/$defs/path" or node.get("format") == "path":
+        if isinstance(value, str):
+            yield _key_path(where), value
+        return
+    if ref.startswith("#/$defs/"):
+        node = defs[ref.rsplit("/", 1)[1]]
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                yield from _path_values(sub, v, [*where, k], defs)
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        for i, v in enumerate(value):
+            yield from _path_values(node["items"], v, [*where, i], defs)
+
+
+def outside_workdir(path: str) -> bool:
+    """Whether ``path`` leaves the working directory: absolute (``~`` too), or climbing
+    out with ``..``. Decided by the text alone: a symlink inside the working directory
+    (data/ linked to a shared disk) is the user's own choice and stays allowed."""
+    if os.path.isabs(os.path.expanduser(path)):
+        return True
+    norm = os.path.normpath(path)
+    return norm == os.pardir or norm.startswith(os.pardir + os.sep)
+
+
+def check_paths(config: dict, schema: dict, *, source: str = "config") -> None:
+    """Refuse paths from the config that escape the working directory unless
+    ``paths.allow_outside`` is true.
+
+    Checked: every key the schema marks as a path (``$ref: "#/$defs/path"`` or
+    ``format: path``) except ``evaluate.judge.model`` with the openai backend (a name
+    the server knows, not a path). Hub ids (``org/name``) are relative and pass.
+
+    Raises:
+        ConfigError: naming each key and its path, and the key that allows them.
+    """
+    if config.get("paths", {}).get("allow_outside"):
+        return
+    judge = config.get("evaluate", {}).get("judge", {})
+    bad = []
+    for key, value in _path_values(schema, config, [], schema.get("$defs", {})):
+        if key == "evaluate.judge.model" and judge.get("backend") == "openai":
+            continue
+        if outside_workdir(value):
+            bad.append(f"config key '{key}': '{value}' is outside the work directory")
+    if bad:
+        raise ConfigError(
+            f"{source}: paths outside the work directory:\n  " + "\n  ".join(bad) + "\n"
+            "(set config key 'paths.allow_outside: true' to allow absolute paths and '..')"
+        )
 
 
 def load_config(

@@ -168,6 +168,7 @@ def test_workflow_plans_local_and_hub_candidates_without_the_network(tmp_path, w
         [{"name": "local", "source": str(local)}, {"name": "hub", "source": HUB_ID}],
         choose="auto",
     )
+    cfg["paths"]["allow_outside"] = True  # the local model lies outside the work directory
     out = plan(workdir, cfg, "selection").stdout
     for wildcard in ("candidate=local", "candidate=hub"):
         assert wildcard in out

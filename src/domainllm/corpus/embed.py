@@ -299,7 +299,10 @@ class SentenceTransformerEmbedder:
         path = str(default_sentence_model()) if model is None else model
         torch.manual_seed(seed)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = SentenceTransformer(path, device=self.device)
+        # Safetensors only (pickled weights can run code when loaded); no remote code.
+        self.model = SentenceTransformer(
+            path, device=self.device, model_kwargs={"use_safetensors": True}
+        )
         if self.device.startswith("cuda"):
             self.model.half()
         self.model_path = path

@@ -141,7 +141,10 @@ class BertFeedbackEvaluator:
         meta = read_json(folder / "evaluator.json")
         tokenizer = AutoTokenizer.from_pretrained(folder / "model")
         tokenizer.truncation_side = "left"
-        model = AutoModelForSequenceClassification.from_pretrained(folder / "model")
+        # Safetensors only: pickled weights can run code when loaded.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder / "model", use_safetensors=True
+        )
         return cls(
             model.to(_device()),
             tokenizer,
@@ -195,7 +198,11 @@ class BertFeedbackEvaluator:
         if tokenizer.pad_token is None:
             raise DataError(f"{source}: the tokenizer has no padding token")
         net = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}
+            source,
+            num_labels=2,
+            id2label=LABELS,
+            label2id={v: k for k, v in LABELS.items()},
+            use_safetensors=True,  # pickled weights can run code when loaded
         ).to(_device())
         limit = getattr(net.config, "max_position_embeddings", None)
         if limit and max_len > limit:
