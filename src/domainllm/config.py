@@ -11,6 +11,7 @@ Usage:
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from pathlib import Path
 
@@ -41,6 +42,13 @@ def _extend_with_default(validator_class):
     import jsonschema
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _suggest(key, allowed: list[str]) -> str:
+    """``did you mean ...?`` for a mistyped key, then the keys allowed at its level."""
+    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+    hint = f": did you mean '{close[0]}'?" if close else ""
+    return f"{hint} (allowed here: {', '.join(allowed)})"
 
 
 def validate_config(
@@ -84,7 +92,7 @@ def validate_config(
                 extra = sorted(set(e.instance) - set(allowed))
                 for k in extra:
                     key = f"{where}.{k}" if where != "<root>" else k
-                    lines.append(f"unknown key '{key}' (allowed here: {', '.join(allowed)})")
+                    lines.append(f"unknown key '{key}'{_suggest(k, allowed)}")
             elif where.endswith("api_key_env"):
                 # Not echoed: what was pasted here instead of a variable name may be the key.
                 lines.append(
@@ -160,12 +168,32 @@ def check_paths(config: dict, schema: dict, *, source: str = "config") -> None:
 def load_config(
     path: str | Path, overrides: dict | None = None, schema_path: str | Path = SCHEMA_PATH
 ) -> dict:
-    """Read a YAML config file, apply nested ``overrides`` and validate it."""
+    """Read a YAML config file, apply nested ``overrides`` and validate it.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, not valid YAML (naming
+            ``file:line:column``), or does not match the schema (naming the key).
+    """
     try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: config file not found") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 at byte {e.start}") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from e
+    try:
+        config = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if overrides:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise ConfigError(f"{where}: not valid YAML: {detail}") from e
+    if config is None:
+        config = {}
+    if overrides and isinstance(config, dict):
         deep_update(config, overrides)
     return validate_config(config, schema_path, source=str(path))
 
