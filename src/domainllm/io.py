@@ -7,6 +7,7 @@ killed mid-write never leaves a file that Snakemake or a later stage accepts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import json
@@ -16,11 +17,38 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from domainllm.errors import DataError
+from domainllm.errors import DataError, PipelineError
+
+# How libraries report a full disk or quota: OSError with errno ENOSPC/EDQUOT (Python,
+# pyarrow), or only in the message (polars: "No space left on device (os error 28)").
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "os error 28")
 
 
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove ``path``'s temporaries left by writers that were killed (their process is
+    gone on this machine), so reruns after a SIGKILL do not pile them up."""
+    prefix = f".{path.name}.tmp-"
+    with os.scandir(path.parent) as entries:
+        stale = [e.path for e in entries if e.name.startswith(prefix)]
+    for p in stale:
+        pid = p.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove(Path(p))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -31,12 +59,15 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         path: final file or folder.
         directory: create the temporary path as a folder (for ``save_pretrained`` outputs).
 
-    On an exception the temporary path is removed and ``path`` is left untouched.
+    On an exception the temporary path is removed and ``path`` is left untouched
+    (an earlier version of it survives). A full disk or quota becomes a
+    ``PipelineError`` naming ``path``.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(final)
     _remove(tmp)
+    _remove_stale_temporaries(final)
     if directory:
         tmp.mkdir()
     try:
@@ -49,9 +80,37 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         if directory:
             _remove(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, Exception) and disk_full(e, final.parent)
         _remove(tmp)
+        if full:
+            raise PipelineError(
+                f"{final}: no space left on the device while writing it ({e}); the partial "
+                "file was removed and any earlier version is untouched: free space there "
+                "(or point config key paths.results elsewhere) and rerun"
+            ) from e
         raise
+
+
+def disk_full(error: BaseException, directory: str | os.PathLike | None = None) -> bool:
+    """Whether ``error`` (raised while writing) means the disk or quota is full.
+
+    Errors that do not say so themselves (numpy's ``tofile`` reports a short write)
+    count when ``directory``'s file system has no space left for ordinary users.
+    """
+    if isinstance(error, PipelineError):
+        return False
+    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+        return True
+    if any(t in str(error).lower() for t in _DISK_FULL_TEXT):
+        return True
+    if isinstance(error, OSError) and directory is not None:
+        try:
+            st = os.statvfs(directory)
+        except OSError:
+            return False
+        return st.f_bavail == 0
+    return False
 
 
 def _remove(path: Path) -> None:
