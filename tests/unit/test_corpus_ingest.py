@@ -46,7 +46,16 @@ def raw_pages(path: Path) -> list[dict]:
 def ja_trunc(tmp_path_factory):
     out = tmp_path_factory.mktemp("ingest") / "docs.parquet"
     ingest_corpus(
-        [{"name": "jawiki", "format": "mediawiki", "path": str(JA_TRUNC), "lang": "ja"}], str(out)
+        [
+            {
+                "name": "jawiki",
+                "format": "mediawiki",
+                "path": str(JA_TRUNC),
+                "lang": "ja",
+                "on_error": "skip",  # keep the complete pages of a dump cut mid-page
+            }
+        ],
+        str(out),
     )
     stats = json.loads((out.parent / "docs_stats.json").read_text())
     return pl.read_parquet(out), stats["sources"]["jawiki"]
@@ -161,7 +170,10 @@ def test_mediawiki_reader_filters_and_converts(tmp_path):
     path = tmp_path / "mini.xml.xz"
     with lzma.open(path, "wt", encoding="utf-8") as f:
         f.write(MINI_DUMP)
-    docs, stats = _read(path)
+    # The dump stops inside a page: an error, unless the source says on_error: skip.
+    with pytest.raises(DataError, match=r"mini\.xml\.xz: the dump ends before </mediawiki>"):
+        _read(path)
+    docs, stats = _read(path, on_error="skip")
     assert [(d.key, d.title) for d in docs] == [("1", "記事")]
     assert docs[0].text == "記事は試験用の項目である。\n\n歴史\n本文。"
     assert dict(stats.dropped) == {
@@ -185,7 +197,15 @@ def test_mediawiki_reader_errors_name_the_file_and_line(tmp_path):
     )
     with pytest.raises(DataError, match=r"dup\.xml: duplicate document id '1'"):
         ingest_corpus(
-            [{"name": "w", "format": "mediawiki", "path": str(dup), "lang": "ja"}],
+            [
+                {
+                    "name": "w",
+                    "format": "mediawiki",
+                    "path": str(dup),
+                    "lang": "ja",
+                    "on_error": "skip",
+                }
+            ],
             str(tmp_path / "out.parquet"),
         )
     assert not (tmp_path / "out.parquet").exists()
@@ -505,7 +525,11 @@ def test_corrupt_compressed_dump(tmp_path):
     data = JA_DUMP.read_bytes()
     cut = tmp_path / "cut.xml.bz2"
     cut.write_bytes(data[: len(data) // 3])
-    docs, stats = ingest_one(tmp_path, {"format": "mediawiki", "path": str(cut)})
+    with pytest.raises(DataError, match=r"cut\.xml\.bz2: the dump ends before </mediawiki>"):
+        ingest_one(tmp_path, {"format": "mediawiki", "path": str(cut)})
+    docs, stats = ingest_one(
+        tmp_path, {"format": "mediawiki", "path": str(cut), "on_error": "skip"}
+    )
     assert stats["truncated"] and docs.height > 20
     assert_adds_up(stats)
 

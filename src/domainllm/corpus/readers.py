@@ -8,11 +8,14 @@ a new format with ``@register_reader("name")``; the schema's
 ``corpus.sources[].format`` enum names the formats a config may use.
 
 Bad input (a malformed JSON line, invalid UTF-8, a missing text field, a
-truncated or garbled compressed file, malformed XML) raises ``DataError``
-naming the file and line. With ``on_error: skip`` in the source's config it is
-counted instead, as ``skipped_<reason>`` in the source's ``dropped`` counts, with
-where the first few were (``skipped_examples``); records that cannot be told
-apart any more (the rest of a corrupt compressed stream) end the source.
+truncated or garbled compressed file, malformed XML, a MediaWiki dump that ends
+before ``</mediawiki>``) raises ``DataError`` naming the file and line. With
+``on_error: skip`` in the source's config it is counted instead, as
+``skipped_<reason>`` in the source's ``dropped`` counts, with where the first few
+were (``skipped_examples``); records that cannot be told apart any more (the rest
+of a corrupt compressed stream) end the source, and a dump without its closing
+tag keeps its complete pages (``truncated`` in the statistics, a cut-off page
+dropped as ``truncated``).
 """
 
 from __future__ import annotations
@@ -141,8 +144,32 @@ def get_reader(fmt: str, key: str = "corpus.sources[]") -> Reader:
         ) from None
 
 
+class _ArrowRaw(io.RawIOBase):
+    """A pyarrow input stream as a raw Python file, so that it can be buffered and iterated."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+        super().close()
+
+
 def open_binary(path: str | Path):
-    """Open a file for binary reading, decompressing ``.bz2``, ``.xz`` and ``.gz``."""
+    """Open a file for binary reading, decompressing ``.bz2``, ``.xz``, ``.gz`` and ``.zst``.
+
+    Zstandard goes through pyarrow's codec (no extra package); a damaged stream
+    raises ``OSError`` like the others.
+    """
     p = str(path)
     if p.endswith(".bz2"):
         return bz2.open(p, "rb")
@@ -150,6 +177,10 @@ def open_binary(path: str | Path):
         return lzma.open(p, "rb")
     if p.endswith(".gz"):
         return gzip.open(p, "rb")
+    if p.endswith((".zst", ".zstd")):
+        import pyarrow as pa
+
+        return io.BufferedReader(_ArrowRaw(pa.input_stream(p, compression="zstd")))
     return open(p, "rb")
 
 
@@ -347,7 +378,11 @@ def _namespace_names(siteinfo, ns: str) -> dict[int, str]:
 
 @register_reader("mediawiki")
 def read_mediawiki(source: dict, stats: SourceStats, key: str) -> Iterator[RawDoc]:
-    """Articles of a MediaWiki XML dump: namespace 0, no redirects, no disambiguation pages."""
+    """Articles of a MediaWiki XML dump: namespace 0, no redirects, no disambiguation pages.
+
+    A dump that ends before ``</mediawiki>`` is an error unless the source says
+    ``on_error: skip``; then its complete pages are kept and the cut is recorded.
+    """
     from domainllm.corpus.wikitext import WikiTextConverter, is_disambiguation, is_redirect
 
     path = source["path"]
@@ -371,6 +406,13 @@ def read_mediawiki(source: dict, stats: SourceStats, key: str) -> Iterator[RawDo
             )
             continue
         if kind == "truncated":
+            if not skipping(source):
+                where = "inside a page" if el["page_cut_off"] else "after a complete page"
+                raise DataError(
+                    f"{path}: the dump ends before </mediawiki>, {where} ({el['reason']}): "
+                    "an incomplete download or a cut sample? Set on_error: skip on this "
+                    f"source (config key {key}.on_error) to keep its complete pages"
+                )
             stats.truncated = True
             if el["page_cut_off"]:
                 stats.read += 1
