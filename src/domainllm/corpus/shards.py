@@ -372,6 +372,13 @@ def read_manifest(shard_dir: str | Path) -> dict:
             raise DataError(f"{path}: no '{key}' key")
     if manifest["dtype"] not in ("uint16", "uint32"):
         raise DataError(f"{path}: unsupported dtype '{manifest['dtype']}'")
+    vocab = manifest.get("vocab_size")
+    if manifest["dtype"] == "uint16" and isinstance(vocab, int) and vocab > UINT16_MAX_VOCAB:
+        raise DataError(
+            f"{path}: dtype uint16 cannot hold the ids of a {vocab}-token vocabulary (ids up "
+            f"to {vocab - 1}; uint16 stops at {UINT16_MAX_VOCAB}): ids above it would have "
+            "wrapped around; rewrite the shards (write_shards picks uint32 for this tokenizer)"
+        )
     if not manifest["shards"]:
         raise DataError(f"{path}: lists no shards")
     return manifest

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from domainllm.corpus.shards import UINT16_MAX_VOCAB
 from domainllm.errors import DataError
 from domainllm.io import read_json
 from domainllm.train import common
@@ -78,6 +79,11 @@ def _check_shards(shards: Path, manifest: dict, tokenizer, model) -> None:
         raise DataError(
             f"{where}: eos_id {manifest.get('eos_id')} differs from the model tokenizer's eos id "
             f"{eos}; the shards were made with another tokenizer"
+        )
+    if manifest.get("dtype") == "uint16" and len(tokenizer) > UINT16_MAX_VOCAB:
+        raise DataError(
+            f"{where}: the shards hold uint16 ids, but the model's tokenizer has "
+            f"{len(tokenizer)} tokens; the shards were made with another tokenizer"
         )
     vocab = int(model.config.vocab_size)  # config: ZeRO-3 leaves the weight partitioned
     if int(manifest.get("vocab_size", 0)) > vocab:
