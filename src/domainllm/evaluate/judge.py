@@ -21,7 +21,9 @@ The score is read from the next-token distribution, never from sampled text:
   unchanged).
 
 A reply whose top log-probabilities (``top_logprobs`` most likely next tokens) hold
-no yes/no token has no verdict: its score is NaN and it is counted, never 0.5.
+no yes/no token has no verdict: its score is NaN and it is counted, never 0.5. A
+reply with no log-probabilities at all (a server that ignores the request for them)
+stops the job: nothing could ever be read from it.
 
 The ``judge`` evaluator kind (:class:`JudgeEvaluator`) is a folder written by
 :func:`prepare_judge` (rule ``prepare_judge``): evaluator.json with the backend, the
@@ -536,14 +538,19 @@ class OpenAIJudgeLM:
         return "/completions", body
 
     def _top(self, answer: dict, path: str) -> list[tuple[str, float]]:
-        """(token, log-probability) alternatives of the first generated token."""
+        """(token, log-probability) alternatives of the first generated token.
+
+        An empty list: the reply carries no log-probabilities at all (the server
+        ignored the request for them), which :meth:`verdicts` refuses.
+        """
         choice = answer["choices"][0]
         lp = choice.get("logprobs") or {}
         if path == "/chat/completions":
             content = lp.get("content") or []
             if not content:
                 return []
-            return [(t["token"], float(t["logprob"])) for t in content[0].get("top_logprobs", [])]
+            tops = content[0].get("top_logprobs") or []
+            return [(t["token"], float(t["logprob"])) for t in tops]
         tops = lp.get("top_logprobs") or []
         if not tops or tops[0] is None:
             return []
@@ -563,6 +570,16 @@ class OpenAIJudgeLM:
                     f"judge: unexpected answer to prompt {i} from {self.backend.base_url}{path}: "
                     f"{str(answer)[:300]}"
                 ) from e
+            if not top:
+                # Without log-probabilities there is nothing to read P(Yes) from; scoring
+                # every item "no verdict" would hide a server that ignores logprobs.
+                raise PipelineError(
+                    f"judge: the reply to prompt {i} from {self.backend.base_url}{path} has no "
+                    "log-probabilities of its first token (no yes/no token to read): does the "
+                    f"server return logprobs? vLLM needs --max-logprobs >= {self.top_logprobs} "
+                    "(config key evaluate.judge.top_logprobs); reply: "
+                    f"{str(answer)[:300]}"
+                )
             ylp = [v for t, v in top if classify_token(t, yes, no) == "yes"]
             nlp = [v for t, v in top if classify_token(t, yes, no) == "no"]
             best = max(top, key=lambda x: x[1])[0] if top else ""
