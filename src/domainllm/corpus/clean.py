@@ -336,9 +336,10 @@ def clean_corpus(
             if out_writer is not None:
                 out_writer.close()
             if n_kept == 0:
+                why = {reason: n for reason, n in dropped.items() if n}
                 raise PipelineError(
-                    f"{docs}: every document was dropped by cleaning ({dict(dropped)}); "
-                    "check the config keys corpus.clean.*"
+                    f"{docs}: every document was dropped by cleaning ({n_input} of {n_input}; "
+                    f"per reason: {why}); check the config keys corpus.clean.*"
                 )
     report = {
         "input_docs": n_input,

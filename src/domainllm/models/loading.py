@@ -115,13 +115,14 @@ def load_causal_lm(
         DataError: naming the folder, when it is missing, has no config or weights,
             or has only pickled weights and ``allow_pickle`` is false.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = os.path.expanduser(str(path))
     if os.path.exists(path):
         check_model_folder(path, allow_pickle=allow_pickle)
     elif looks_local(path):
         raise DataError(f"{path}: model folder does not exist")
+    # Imported after the checks: a bad folder is refused in a second, not after torch loads.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
