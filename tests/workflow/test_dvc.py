@@ -161,6 +161,8 @@ def test_diff_between_two_git_revisions(project, tmp_path):
     Two commits differ in generate.max_new_tokens; the workspace holds the second, so
     the first side can only come from DVC's cache at its revision.
     """
+    import polars as pl
+
     git = ("git", "-c", "user.email=t@t", "-c", "user.name=t")
     cfg_path = project / "config/config.yaml"
 
@@ -171,7 +173,9 @@ def test_diff_between_two_git_revisions(project, tmp_path):
         return sh("git", "rev-parse", "HEAD", cwd=project).strip()
 
     first = commit("evaluated")
-    first_sft = json.loads((project / "results/eval/versions/sft.json").read_text())
+    versions = project / "results/eval/versions"
+    first_sft = json.loads((versions / "sft.json").read_text())
+    first_items = pl.read_parquet(versions / "sft.items.parquet")
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["generate"]["max_new_tokens"] = 2 if cfg["generate"]["max_new_tokens"] != 2 else 3
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
@@ -191,7 +195,21 @@ def test_diff_between_two_git_revisions(project, tmp_path):
     jcqa = rows["jcqa_acc"]
     assert jcqa["delta"] == 0 and jcqa["n"] > 0 and jcqa["ci_low"] == jcqa["ci_high"] == 0
     assert rows["chrf_sentence_mean"]["n"] > 0  # paired over the answers
-    assert result["examples"] and all(e["output_a"] != e["output_b"] for e in result["examples"])
+    # The examples: the answers whose evaluator score changed between the commits (the
+    # tiny model may answer blanks at both lengths: then none), with both answers.
+    score = pl.col("metric") == "evaluator_score"
+    changed = (
+        first_items.filter(score)
+        .join(pl.read_parquet(versions / "sft.items.parquet").filter(score), on="item_id")
+        .with_columns((pl.col("value_right") - pl.col("value")).abs().alias("change"))
+        .filter(pl.col("change") > 0)
+        .sort(["change", "item_id"], descending=[True, False])
+        .head(5)
+    )
+    assert [e["item_id"] for e in result["examples"]] == changed["item_id"].to_list()
+    assert [(e["output_a"], e["output_b"]) for e in result["examples"]] == list(
+        zip(changed["output"].to_list(), changed["output_right"].to_list(), strict=True)
+    )
     # The models and the data, read at each revision.
     ia, ib = result["a"]["info"], result["b"]["info"]
     assert ia["parameters"] == ib["parameters"] > 0 and ia["size_on_disk_mb"] > 0
