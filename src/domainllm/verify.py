@@ -47,6 +47,8 @@ RECORD_FORMAT = 1
 # Temporary siblings of atomic writes: .<name>.tmp-<pid> (or -train under a launcher).
 TMP_NAME = re.compile(r"^\..+\.tmp-[A-Za-z0-9_]+$")
 SKIP_DIRS = ("checkpoints",)
+# Snakemake marks a directory() output's completion time with this empty file.
+IGNORED_FILES = (".snakemake_timestamp",)
 TEXT_SUFFIXES = (".md", ".html", ".txt", ".rst", ".jinja", ".csv", ".tsv", ".yaml", ".yml")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SAFETENSORS_DTYPES = {
@@ -214,7 +216,7 @@ def _walk(root: Path, report: Report) -> tuple[list[Path], list[Path]]:
         for n in sorted(names):
             if TMP_NAME.match(n):
                 report.warn(here_p / n, "left-over temporary file of an interrupted write")
-            else:
+            elif n not in IGNORED_FILES:
                 files.append(here_p / n)
     return files, dirs
 
@@ -252,7 +254,9 @@ def _check_records(root: Path, report: Report, vouched: set[Path]) -> None:
             continue
         listed = record.get("files", {})
         present = {
-            f.relative_to(artifact).as_posix(): f for f in artifact.rglob("*") if f.is_file()
+            f.relative_to(artifact).as_posix(): f
+            for f in artifact.rglob("*")
+            if f.is_file() and f.name not in IGNORED_FILES
         }
         for name, entry in sorted(listed.items()):
             f = artifact / name
