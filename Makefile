@@ -17,7 +17,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-fast pulled lint dry-run lock clean slurm-profile vllm-cpu serve
+.PHONY: setup run test test-fast pulled lint dry-run lock clean slurm-profile slurm-local vllm-cpu serve
 
 setup: $(STAMP)
 
@@ -33,8 +33,9 @@ run: setup
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
 
 # The suite includes the contract tests against vLLM's OpenAI server on CPU (marker
-# `server`), hence vllm-cpu; `make test-fast` runs neither them nor the slow ones.
-test: setup vllm-cpu
+# `server`), hence vllm-cpu, and a real local SLURM cluster (marker `slurm`), hence
+# slurm-local; `make test-fast` runs neither them nor the slow ones.
+test: setup vllm-cpu slurm-local
 	$(BIN)/python -m pytest
 
 test-fast: setup
@@ -88,26 +89,45 @@ lock: setup
 	mv requirements/constraints.txt.new requirements/constraints.txt
 
 # One-time step on a cluster's login node so that the bare `snakemake --profile slurm`
-# works from the repository root: installs profiles/slurm as the user's "slurm"
-# profile (~/.config/snakemake/slurm), filling the placeholders, e.g.
+# works from the repository root: installs profiles/slurm (config.yaml and
+# partitions.yaml) as the user's "slurm" profile (~/.config/snakemake/slurm),
+# filling the placeholders (comments keep them), e.g.
 #   make slurm-profile ACCOUNT=myproj CPU_PARTITION=cpu GPU_PARTITION=gpu
-# An existing profile is never overwritten (remove it to reinstall).
+# An existing file is never overwritten (remove it to reinstall). docs/slurm.md.
 SNAKEMAKE_PROFILES ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 ACCOUNT ?= <ACCOUNT>
 CPU_PARTITION ?= <CPU_PARTITION>
 GPU_PARTITION ?= <GPU_PARTITION>
+SLURM_PROFILE_FILES := config.yaml partitions.yaml
 slurm-profile:
-	@if [ -e "$(SNAKEMAKE_PROFILES)/slurm/config.yaml" ]; then \
-		echo "$(SNAKEMAKE_PROFILES)/slurm/config.yaml exists; not overwritten"; \
-	else \
-		mkdir -p "$(SNAKEMAKE_PROFILES)/slurm" && \
-		sed -e 's|<ACCOUNT>|$(ACCOUNT)|g' -e 's|<CPU_PARTITION>|$(CPU_PARTITION)|g' \
-			-e 's|<GPU_PARTITION>|$(GPU_PARTITION)|g' profiles/slurm/config.yaml \
-			> "$(SNAKEMAKE_PROFILES)/slurm/config.yaml" && \
-		echo "installed $(SNAKEMAKE_PROFILES)/slurm/config.yaml"; \
-	fi
-	@grep -n '<[A-Z_]*>' "$(SNAKEMAKE_PROFILES)/slurm/config.yaml" \
+	@mkdir -p "$(SNAKEMAKE_PROFILES)/slurm"
+	@for f in $(SLURM_PROFILE_FILES); do \
+		dest="$(SNAKEMAKE_PROFILES)/slurm/$$f"; \
+		if [ -e "$$dest" ]; then echo "$$dest exists; not overwritten"; \
+		else sed -e '/^ *#/!s|<ACCOUNT>|$(ACCOUNT)|g' \
+			-e '/^ *#/!s|<CPU_PARTITION>|$(CPU_PARTITION)|g' \
+			-e '/^ *#/!s|<GPU_PARTITION>|$(GPU_PARTITION)|g' "profiles/slurm/$$f" > "$$dest" && \
+			echo "installed $$dest"; fi; \
+	done
+	@cd "$(SNAKEMAKE_PROFILES)/slurm" && grep -n '^[^#]*<[A-Z_]*>' $(SLURM_PROFILE_FILES) \
 		&& echo "fill in the placeholders above" || true
+
+# The real single-node SLURM cluster of tests/workflow/test_slurm_cluster.py
+# (tests/slurm/cluster.py) needs Debian's SLURM 22.05, munge and MariaDB; as root
+# with apt-get (CI) they are installed here (~20 s), otherwise that test skips.
+SLURM_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server
+slurm-local:
+	@if command -v slurmctld >/dev/null && command -v slurmdbd >/dev/null \
+		&& command -v mariadbd >/dev/null && command -v munged >/dev/null; then \
+		echo "slurm-local: SLURM, munge and MariaDB are installed"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "slurm-local: not root with apt-get; not installing $(SLURM_PACKAGES)" \
+			"(the local SLURM cluster test will skip)"; \
+	else \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(SLURM_PACKAGES) >/dev/null && \
+		echo "slurm-local: installed $(SLURM_PACKAGES)"; \
+	fi
 
 clean:
 	rm -rf results logs .snakemake
