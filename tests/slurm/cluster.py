@@ -247,6 +247,8 @@ StorageLoc=slurm_acct_db
             "munged",
             "munged",
             "--foreground",
+            # munged refuses a socket below a private (0700) folder such as mkdtemp's.
+            "--force",
             f"--socket={self.munge_socket}",
             f"--key-file={self.etc / 'munge.key'}",
             f"--log-file={self.log_dir / 'munged.log'}",
