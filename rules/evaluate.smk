@@ -26,7 +26,7 @@ rule prepare_feedback:
         seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
         runtime=10,
     log:
         f"{L}/prepare_feedback.log",
@@ -86,7 +86,7 @@ rule evaluate_version:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     log:
         f"{L}/evaluate_version/{{version}}.log",
@@ -116,7 +116,7 @@ rule prepare_judge:
         openai=JUDGE["openai"],
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
         runtime=10,
     log:
         f"{L}/prepare_judge.log",
@@ -137,7 +137,7 @@ rule score_answers:
     threads: 1
     resources:
         gpu=evaluator_gpu,
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=30,
     log:
         f"{L}/score_answers/{{evaluator}}/{{version}}.log",
@@ -168,7 +168,7 @@ rule validate_evaluators:
     threads: 1
     resources:
         gpu=JUDGE_GPU,
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     log:
         f"{L}/validate_evaluators.log",
@@ -210,7 +210,7 @@ rule eval_table:
         seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
         runtime=10,
     log:
         f"{L}/eval_table.log",

@@ -32,7 +32,7 @@ rule generate:
     threads: 1
     resources:
         gpu=GENERATE_GPUS,
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     log:
         f"{L}/generate/{{version}}.log",
@@ -68,7 +68,7 @@ rule serve_model:
     threads: 4
     resources:
         gpu=TENSOR_PARALLEL,
-        mem_mb=32000,
+        mem_mb=mem_mb(32000),
         runtime=int(GENERATE["serve"]["minutes"]) + 15,
     log:
         f"{L}/serve_model/{{version}}.log",

@@ -27,7 +27,7 @@ rule quantize_gptq:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=60,
     log:
         f"{L}/quantize_gptq.log",
@@ -51,7 +51,7 @@ rule quantize_rtn:
         trust_remote_code=chosen_base_setting("trust_remote_code", False),
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=30,
     log:
         f"{L}/quantize_rtn.log",
@@ -90,7 +90,7 @@ rule quantize_quality:
     threads: 1
     resources:
         gpu=QUALITY_GPU,
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=60,
     log:
         f"{L}/quantize_quality.log",

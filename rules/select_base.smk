@@ -19,7 +19,7 @@ rule build_base:
         seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=30,
     log:
         f"{L}/build_base/{{candidate}}.log",
@@ -49,7 +49,7 @@ rule score_base:
         allow_pickle=candidate_setting("allow_pickle", False),
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=30,
     log:
         f"{L}/score_base/{{candidate}}.log",
@@ -76,7 +76,7 @@ checkpoint select_base:
         choose=config["base"]["choose"],
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=5,
     log:
         f"{L}/select_base.log",

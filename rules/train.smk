@@ -26,7 +26,7 @@ rule prepare_instructions:
         seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     log:
         f"{L}/prepare_instructions.log",
@@ -51,7 +51,7 @@ rule filter_sft:
         samples_per_reason=config["sft"]["filter"]["dropped_samples_per_reason"],
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
         runtime=10,
     log:
         f"{L}/filter_sft.log",
@@ -102,7 +102,7 @@ if CPT["launcher"] == "none":
         resources:
             gpu=1,
             nodes=1,
-            mem_mb=8000,
+            mem_mb=mem_mb(8000),
             runtime=240,
         log:
             f"{L}/train_cpt.log",
@@ -146,7 +146,7 @@ else:
         resources:
             gpu=CPT["gpus_per_node"] * CPT["nodes"],
             nodes=CPT["nodes"],
-            mem_mb=32000 * CPT["gpus_per_node"],
+            mem_mb=mem_mb(32000 * CPT["gpus_per_node"]),
             runtime=1440,
             **CPT_MULTINODE,
         log:
@@ -194,7 +194,7 @@ rule train_sft:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=120,
     log:
         f"{L}/train_sft.log",

@@ -37,8 +37,9 @@ def repo() -> Path:
 
 
 def snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: int = 1800):
-    """Run the workflow's Snakemake from this interpreter's environment."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
+    """Run the workflow's Snakemake from this interpreter's environment, local profile."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    cmd += ["--workflow-profile", str(REPO / "profiles" / "local"), *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         help="after dvc pull/checkout: check dvc status, then mark Snakemake outputs up to date",
     )
     u.add_argument("targets", nargs="*", help="Snakemake targets (default: all)")
-    u.add_argument("--profile", default="profiles/default", help="Snakemake profile")
+    u.add_argument("--profile", default="profiles/local", help="Snakemake profile")
     v = sub.add_parser(
         "verify",
         help="check every artifact against its write-time checksum, shard manifest or format",

@@ -42,7 +42,7 @@ def _tool(name: str) -> str:
 def adopt_pulled(
     targets: list[str] | None = None,
     *,
-    profile: str = "profiles/default",
+    profile: str = "profiles/local",
     cwd: str | os.PathLike = ".",
 ) -> None:
     """Check the workspace against ``dvc.lock``, then ``snakemake --touch`` the targets.

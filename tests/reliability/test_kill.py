@@ -277,7 +277,7 @@ def test_killed_jobs_leave_nothing_accepted_and_the_rerun_matches(tmp_path, tmp_
     text = refused.stdout + refused.stderr
     assert refused.returncode != 0 and "IncompleteFilesException" in text, text[-2000:]
     assert "results/corpus/clean.parquet" in text
-    plan = planned(work, "cpt")  # profiles/default reruns incomplete jobs
+    plan = planned(work, "cpt")  # profiles/local reruns incomplete jobs
     assert re.search(r"rule clean_corpus:(.|\n)*?reason: Forced execution", plan.stdout)
     assert "Directory cannot be locked" in plan.stdout + plan.stderr  # the dead run's lock
     snakemake("--unlock", "--configfile", "config/test.yaml", cwd=work)

@@ -56,7 +56,7 @@ def test_every_dvc_stage_runs_a_snakemake_target():
     proc = snakemake("--list-target-rules")
     targets = set(proc.stdout.split())
     for name, stage in _dvc_stages().items():
-        m = re.fullmatch(r"snakemake --profile profiles/default (\w+)", stage["cmd"])
+        m = re.fullmatch(r"snakemake --profile profiles/local (\w+)", stage["cmd"])
         assert m, f"dvc stage {name}: cmd is not one Snakemake target: {stage['cmd']}"
         assert m.group(1) in targets, f"dvc stage {name} runs unknown target {m.group(1)}"
 

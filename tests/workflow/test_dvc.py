@@ -134,7 +134,7 @@ def test_checked_out_artifacts_are_not_rebuilt(project, tmp_path):
     shutil.rmtree(project / ".dvc/cache")
     sh("dvc", "pull", cwd=project)
     assert table.read_bytes() == before
-    stale = sh("snakemake", "--profile", "profiles/default", "-n", "all", cwd=project)
+    stale = sh("snakemake", "--profile", "profiles/local", "-n", "all", cwd=project)
     assert "Nothing to be done" not in stale, "the restored files should look newer"
     # An artifact that no longer matches dvc.lock: refused, nothing touched.
     md = project / "results/eval/table.md"
@@ -150,7 +150,7 @@ def test_checked_out_artifacts_are_not_rebuilt(project, tmp_path):
     md.write_text(original)
     out = sh(str(BIN / "domainllm"), "pulled", cwd=project)
     assert "marked up to date" in out
-    plan = sh("snakemake", "--profile", "profiles/default", "-n", "all", cwd=project)
+    plan = sh("snakemake", "--profile", "profiles/local", "-n", "all", cwd=project)
     assert "Nothing to be done" in plan, plan[-3000:]
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=project)
 

@@ -47,6 +47,8 @@ def test_bare_slurm_profile_name_resolves_after_the_one_time_step(tmp_path):
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
-    assert "Using profiles slurm" in log
+    assert "Using profile slurm " in log
+    # No local profile on top: a workflow's profiles/default would override slurm's values.
+    assert "workflow specific profile" not in log
     # Every job is charged to the account filled in (partitions are chosen at submission).
     assert re.search(r"slurm_account=proj1\b", log), log
