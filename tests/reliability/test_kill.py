@@ -166,7 +166,19 @@ MODEL = "results/models/tiny-test"
 
 
 def snakemake_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
+    """Snakemake with the local profile, as tests.conftest.snakemake runs it."""
+    local = str(REPO / "profiles" / "local")
+    snakefile = str(REPO / "Snakefile")
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        snakefile,
+        "--workflow-profile",
+        local,
+        *args,
+    ]
 
 
 def run_and_kill(work: Path, hook: Path, pause_at: str, target: str, *, whole_run: bool) -> str:

@@ -191,6 +191,7 @@ def test_workflow_refuses_bad_task_files_and_weights_while_parsing(tmp_path, wor
     cfg = config_with(TEST_CONFIG["base"]["candidates"])
     cfg["base"]["selection"]["tasks"] = [str(bad)]
     cfg["base"]["selection"]["weights"] = {"chars_per_token": 1.0}
+    cfg["paths"]["allow_outside"] = True  # the task file lies outside the work directory
     proc = plan(workdir, cfg, check=False)
     assert proc.returncode != 0
     assert re.search(
