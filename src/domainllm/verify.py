@@ -342,24 +342,17 @@ def _check_weight_index(index: Path, report: Report) -> None:
 
 
 def _format_checker(path: Path):
-    name = path.name
-    if name.endswith(".parquet"):
-        return _check_parquet
-    if name.endswith(".safetensors"):
-        return _check_safetensors
-    if name.endswith(".jsonl"):
-        return _check_jsonl
-    if name.endswith(".json"):
-        return _check_json
-    if name.endswith(".npy"):
-        return _check_npy
-    if name.endswith(".npz"):
-        return _check_zip
-    if name.endswith(".png"):
-        return _check_png
-    if name.endswith(TEXT_SUFFIXES):
-        return _check_text
-    return None
+    checkers = {
+        ".parquet": _check_parquet,
+        ".safetensors": _check_safetensors,
+        ".jsonl": _check_jsonl,
+        ".json": _check_json,
+        ".npy": _check_npy,
+        ".npz": _check_zip,
+        ".png": _check_png,
+        **dict.fromkeys(TEXT_SUFFIXES, _check_text),
+    }
+    return next((c for s, c in checkers.items() if path.name.endswith(s)), None)
 
 
 def _check_parquet(path: Path, expected_rows: int | None = None) -> str | None:

@@ -18,6 +18,7 @@ import pytest
 from domainllm.cli import main
 from domainllm.errors import PipelineError
 from domainllm.evaluate.diff import diff, paired_bootstrap
+from domainllm.evaluate.version import items_frame
 
 N = 40  # JCommonsenseQA items
 GEN = [f"elyza/{i}" for i in range(12)]  # free-form answers
@@ -80,17 +81,7 @@ def _run(root: Path, *, shift: float, threshold: float, kept: dict[str, int]) ->
         for i, (item, out) in enumerate(zip(GEN, outputs, strict=True)):
             rows.append(("generation", item, "chrf", float(chrf[i]), out))
             rows.append(("generation", item, "evaluator_score", evaluator[i], out))
-        pl.DataFrame(
-            rows,
-            schema={
-                "task": pl.String,
-                "item_id": pl.String,
-                "metric": pl.String,
-                "value": pl.Float64,
-                "output": pl.String,
-            },
-            orient="row",
-        ).write_parquet(versions / f"{version}.items.parquet")
+        items_frame(rows).write_parquet(versions / f"{version}.items.parquet")
         metrics = {
             "jcqa_acc": float(correct.mean()),
             "chrf_sentence_mean": float(chrf.mean()),

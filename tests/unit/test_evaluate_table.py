@@ -14,6 +14,7 @@ from domainllm.errors import DataError
 from domainllm.evaluate.feedback import register_evaluator, split_dialogue
 from domainllm.evaluate.metrics import length_stats, sentence_chrf
 from domainllm.evaluate.table import bootstrap_interval, eval_table, score_answers
+from domainllm.evaluate.version import items_frame
 from domainllm.io import read_json, write_json
 from tests.unit._tiny_lm import elyza_items
 
@@ -64,17 +65,7 @@ def _version(root: Path, version: str, outputs: list[str], jcqa: list[int]) -> P
     for i, (o, c, j) in enumerate(zip(outputs, chrfs, judged, strict=True)):
         rows += [("generation", f"elyza/{i}", "chrf", c, o)]
         rows += [("generation", f"elyza/{i}", "evaluator_score", j, o)]
-    pl.DataFrame(
-        rows,
-        schema={
-            "task": pl.String,
-            "item_id": pl.String,
-            "metric": pl.String,
-            "value": pl.Float64,
-            "output": pl.String,
-        },
-        orient="row",
-    ).write_parquet(rec.with_name(f"{version}.items.parquet"))
+    items_frame(rows).write_parquet(rec.with_name(f"{version}.items.parquet"))
     gens = root / "generations" / f"{version}.parquet"
     gens.parent.mkdir(exist_ok=True)
     pl.DataFrame(

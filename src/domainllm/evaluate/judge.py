@@ -582,13 +582,14 @@ class OpenAIJudgeLM:
                 )
             ylp = [v for t, v in top if classify_token(t, yes, no) == "yes"]
             nlp = [v for t, v in top if classify_token(t, yes, no) == "no"]
-            if "logit_bias" in body and math.exp(_logsumexp(ylp + nlp)) < 0.5:
+            biased_mass = math.exp(_logsumexp(ylp + nlp))
+            if "logit_bias" in body and biased_mass < 0.5:
                 # With the bias on every yes/no id they hold nearly all the mass of
                 # biased log-probabilities; far less means the server reported them
                 # before the bias, where a missing side would read as P = 0.
                 raise PipelineError(
                     f"judge: {self.backend.base_url}{path} reports log-probabilities before "
-                    f"the logit_bias (yes/no hold {math.exp(_logsumexp(ylp + nlp)):.3g} of "
+                    f"the logit_bias (yes/no hold {biased_mass:.3g} of "
                     "the mass after a bias of "
                     f"{self.logit_bias:g}), so its top_logprobs cannot be renormalised over "
                     "yes/no: start vLLM with --logprobs-mode processed_logprobs (config key "

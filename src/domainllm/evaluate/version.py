@@ -30,6 +30,22 @@ from domainllm.io import write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
+
+def items_frame(rows: list[tuple]):
+    """The per-item table of ``<version>.items.parquet`` from (task, item_id, metric,
+    value, output) tuples."""
+    import polars as pl
+
+    schema = {
+        "task": pl.String,
+        "item_id": pl.String,
+        "metric": pl.String,
+        "value": pl.Float64,
+        "output": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
 GENERATION_COLUMNS = ("id", "prompt", "reference", "output", "output_tokens")
 
 # Which direction is better, for the Markdown table's arrows.
@@ -215,7 +231,6 @@ def _write_items(
     tokenize: str,
 ) -> None:
     """Per-item scores in long form: one row per (task, item_id, metric)."""
-    import polars as pl
 
     from domainllm.evaluate.metrics import sentence_bleu, sentence_chrf, sentence_rouge_l
 
@@ -238,11 +253,4 @@ def _write_items(
         for metric in ("exact_match", "f1"):
             value = 100 * qa_result[f"item_{metric}"][k]
             rows.append(("jsquad", str(ids[i]), f"jsquad_{metric}", value, outputs[i]))
-    schema = {
-        "task": pl.String,
-        "item_id": pl.String,
-        "metric": pl.String,
-        "value": pl.Float64,
-        "output": pl.String,
-    }
-    write_parquet(pl.DataFrame(rows, schema=schema, orient="row"), path)
+    write_parquet(items_frame(rows), path)
