@@ -79,6 +79,9 @@ def test_remote_code_runs_only_when_the_caller_turns_it_on(monkeypatch):
         def eval(self):
             return self
 
+        def __call__(self, text, **kwargs):  # the loader's probe encoding
+            return {"input_ids": [1]}
+
     def record(kind):
         def from_pretrained(path, **kwargs):
             calls.append((kind, path, kwargs))

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from domainllm.errors import ConfigError, DataError
-from domainllm.models.score import corpus_token_count, score_base, tokenizer_efficiency
+from domainllm.models.score import corpus_token_count, score_base
 from tests.unit._tiny_lm import ROOT, chabsa_documents, save_folder, tiny_llama
 
 
@@ -117,19 +117,6 @@ def test_corpus_tokens_are_what_the_shards_hold(candidate, tmp_path):
     assert est["corpus_chars"] == exact["corpus_chars"]
     assert est["corpus_tokens"] == pytest.approx(exact["corpus_tokens"], rel=0.15)
     assert est["corpus_tokens"] != exact["corpus_tokens"]
-
-
-def test_tokenizer_efficiency_counts_unknown_tokens():
-    class Tok:
-        unk_token_id = 0
-
-        def __call__(self, texts, add_special_tokens=False):
-            return {"input_ids": [[5, 0, 6, 0] if "?" in t else [5, 6] for t in texts]}
-
-    eff = tokenizer_efficiency(Tok(), ["ab?c", "déf"])
-    assert eff["domain_tokens"] == 6 and eff["domain_chars"] == 7
-    assert eff["unk_rate"] == pytest.approx(2 / 6)
-    assert eff["bytes_per_token"] == pytest.approx(8 / 6)
 
 
 def test_score_base_needs_a_text_column(candidate, tmp_path, monkeypatch):

@@ -99,9 +99,9 @@ class ShardTokenizer:
             self.eos_id = None if eos is None else self._fast.token_to_id(eos)
             self.vocab_size = self._fast.get_vocab_size(with_added_tokens=True)
         else:
-            from transformers import AutoTokenizer
+            from domainllm.models.loading import load_tokenizer
 
-            self._hf = AutoTokenizer.from_pretrained(str(self.folder))
+            self._hf = load_tokenizer(self.folder)
             self.eos_id = self._hf.eos_token_id
             self.vocab_size = len(self._hf)
         if self.eos_id is None:

@@ -35,6 +35,7 @@ import numpy as np
 from domainllm.errors import ConfigError, DataError, PipelineError
 from domainllm.evaluate.feedback import _card, register_evaluator, sample_pairs
 from domainllm.io import read_json, write_json
+from domainllm.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +134,13 @@ class BertFeedbackEvaluator:
 
     @classmethod
     def load(cls, folder: str | Path) -> BertFeedbackEvaluator:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         folder = Path(folder)
         if not (folder / "model" / "config.json").is_file():
             raise DataError(f"{folder}: not a bert evaluator folder (model/config.json missing)")
         meta = read_json(folder / "evaluator.json")
-        tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+        tokenizer = load_tokenizer(folder / "model")
         tokenizer.truncation_side = "left"
         # Safetensors only: pickled weights can run code when loaded.
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -175,11 +176,7 @@ class BertFeedbackEvaluator:
             holds those texts (at most :data:`TRAIN_SCORE_PAIRS` of the pairs trained on).
         """
         import torch
-        from transformers import (
-            AutoModelForSequenceClassification,
-            AutoTokenizer,
-            get_linear_schedule_with_warmup,
-        )
+        from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
         if stack:
             raise ConfigError("config key 'evaluate.evaluators[].stack': type bert stacks nothing")
@@ -193,7 +190,7 @@ class BertFeedbackEvaluator:
         if num_threads:
             torch.set_num_threads(num_threads)
         source = str(model) if model else str(default_model())
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source)
         tokenizer.truncation_side = "left"
         if tokenizer.pad_token is None:
             raise DataError(f"{source}: the tokenizer has no padding token")

@@ -908,10 +908,10 @@ def prepare_judge(
     # A local model (folder or hub id) always has its tokenizer here; a served one only
     # when it is a folder (or config evaluate.judge.tokenizer names one).
     if backend == "transformers" or Path(tok_path).is_dir():
-        from transformers import AutoTokenizer
+        from domainllm.models.loading import load_tokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
+            tok = load_tokenizer(tok_path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             raise DataError(
                 f"config key 'evaluate.judge.model': cannot load a tokenizer from {tok_path}: {e}"

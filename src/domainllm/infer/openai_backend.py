@@ -178,9 +178,9 @@ class OpenAIBackend(Backend):
         p = Path(self.path)
         if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             return None
-        from transformers import AutoTokenizer
+        from domainllm.models.loading import load_tokenizer
 
-        return AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        return load_tokenizer(self.path, trust_remote_code=trust_remote_code)
 
     def _local_context(self) -> int | None:
         if not self.path or not (Path(self.path) / "config.json").is_file():

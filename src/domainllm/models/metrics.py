@@ -16,6 +16,11 @@ CANDIDATE_METRICS: dict[str, tuple[bool, str]] = {
     "chars_per_token": (True, "characters of held-out domain text per token"),
     "bytes_per_token": (True, "UTF-8 bytes of held-out domain text per token"),
     "unk_rate": (False, "share of unknown tokens in the held-out domain text"),
+    "lost_char_rate": (
+        False,
+        "share of the held-out domain text's characters its tokens do not give back "
+        "(unknown or dropped)",
+    ),
     "corpus_tokens": (
         False,
         "tokens the whole selected domain corpus takes (one eos per document, as the shards "

@@ -42,20 +42,54 @@ def read_texts(path: str, column: str = "text") -> list[str]:
 
 
 def tokenizer_efficiency(tokenizer, texts: list[str]) -> dict:
-    """Characters and UTF-8 bytes per token and the share of unknown tokens over ``texts``."""
+    """Characters and UTF-8 bytes per token, unknown tokens and lost characters over ``texts``."""
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     n_tokens = sum(len(ids) for ids in encoded)
     unk = tokenizer.unk_token_id
     n_unk = sum(ids.count(unk) for ids in encoded) if unk is not None else 0
     chars = sum(len(t) for t in texts)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    lost, visible = lost_characters(tokenizer, texts, encoded)
     return {
         "chars_per_token": chars / max(n_tokens, 1),
         "bytes_per_token": n_bytes / max(n_tokens, 1),
         "unk_rate": n_unk / max(n_tokens, 1),
+        "lost_char_rate": lost / max(visible, 1),
         "domain_tokens": n_tokens,
         "domain_chars": chars,
     }
+
+
+def lost_characters(tokenizer, texts: list[str], encoded: list[list[int]]) -> tuple[int, int]:
+    """Non-space characters of ``texts`` that decoding their tokens does not give back.
+
+    Counts what the model never sees, whatever the tokenizer does with it: characters
+    inside unknown tokens (special tokens are skipped when decoding), and characters
+    a tokenizer drops without a trace (transformers' Llama class reads a SentencePiece
+    BPE model as if it had byte-fallback pieces; without them, unknown characters
+    vanish and ``unk_rate`` stays 0). Both sides are compared as multisets of
+    characters, the text after the tokenizer's own normaliser (a fast tokenizer's
+    ``backend_tokenizer.normalizer``), so what it normalises (full-width to
+    half-width under NFKC, say) is not counted as loss.
+
+    Returns:
+        ``(lost, visible)``: lost characters and all non-space characters.
+    """
+    from collections import Counter
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer = getattr(backend, "normalizer", None)
+
+    def chars(text: str) -> Counter:
+        return Counter(c for c in text if not c.isspace())
+
+    lost = visible = 0
+    for text, ids in zip(texts, encoded, strict=True):
+        ref = chars(normalizer.normalize_str(text) if normalizer is not None else text)
+        back = chars(tokenizer.decode(ids, skip_special_tokens=True))
+        lost += (ref - back).total()
+        visible += ref.total()
+    return lost, visible
 
 
 def corpus_token_count(
