@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from domainllm.errors import DataError
-from domainllm.models.loading import load_causal_lm, load_tokenizer
+from domainllm.models.loading import load_causal_lm
+from domainllm.models.tokenizer import load_tokenizer
 from tests.unit._tiny_lm import chabsa_documents, sample_texts
 
 TRAIN_DOCS = 40
@@ -113,22 +114,56 @@ def test_a_llama_sentencepiece_base_encodes_as_sentencepiece_does(llama_byte_fal
     assert m["unk_rate"] == 0 and m["lost_char_rate"] == 0
 
 
-def test_lost_characters_catch_what_transformers_drops_without_byte_fallback(tmp_path):
+def llama_tokenizers(tmp_path):
+    """transformers' reading and ours of a Llama BPE tokenizer.model without byte fallback."""
+    from transformers import AutoTokenizer
+
+    folder, processor = llama_folder(tmp_path / "spm-llama", byte_fallback=False)
+    return AutoTokenizer.from_pretrained(folder), load_tokenizer(folder), processor, folder
+
+
+def test_lost_characters_count_what_transformers_drops_without_byte_fallback(tmp_path):
     """transformers' Llama class drops the characters sentencepiece maps to <unk>."""
     from domainllm.models.score import tokenizer_efficiency
 
-    folder, processor = llama_folder(tmp_path / "spm-llama", byte_fallback=False)
-    tok = load_tokenizer(folder)
+    plain, _, processor, _ = llama_tokenizers(tmp_path)
     texts = heldout()
     n_unk, n_chars = unknown_chars(processor, texts)
     assert n_unk > 0
-    ours = tok(texts, add_special_tokens=False)["input_ids"]
-    reference = processor.encode(texts)
     unk = processor.unk_id()
-    assert ours == [[i for i in ids if i != unk] for ids in reference]
-    m = tokenizer_efficiency(tok, texts)
+    dropped = [[i for i in ids if i != unk] for ids in processor.encode(texts)]
+    assert plain(texts, add_special_tokens=False)["input_ids"] == dropped
+    m = tokenizer_efficiency(plain, texts)
     assert m["unk_rate"] == 0  # nothing to count ...
     assert m["lost_char_rate"] == pytest.approx(n_unk / n_chars)  # ... but this is what is lost
+
+
+def test_the_loader_puts_back_unknown_tokens_and_keeps_them_when_copied(tmp_path, caplog):
+    from domainllm.models.build import build_base
+    from domainllm.models.score import tokenizer_efficiency
+
+    with caplog.at_level("WARNING", logger="domainllm.models.tokenizer"):
+        _, tok, processor, folder = llama_tokenizers(tmp_path)
+    assert "unknown characters as <unk>" in caplog.text
+    texts = heldout()
+    reference = processor.encode(texts)
+    assert tok(texts, add_special_tokens=False)["input_ids"] == reference
+    m = tokenizer_efficiency(tok, texts)
+    n_tokens = sum(map(len, reference))
+    assert m["unk_rate"] == pytest.approx(sum(ids.count(0) for ids in reference) / n_tokens)
+    n_unk, n_chars = unknown_chars(processor, texts)
+    assert m["lost_char_rate"] == pytest.approx(n_unk / n_chars)
+    # The candidate folder has a tokenizer.json, which transformers' Llama class would
+    # rebuild with byte fallback again; the loader reads it as written.
+    out = tmp_path / "candidate"
+    build_base(str(out), corpus=None, spec=None, source=str(folder))
+    assert (out / "tokenizer.json").is_file()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="domainllm.models.tokenizer"):
+        copied = load_tokenizer(out)
+    assert "using tokenizer.json as written" in caplog.text
+    assert copied(texts, add_special_tokens=False)["input_ids"] == reference
+    assert copied.chat_template and copied.eos_token == "</s>"
 
 
 def test_a_copied_sentencepiece_candidate_keeps_its_encoding(llama_byte_fallback, tmp_path):
@@ -144,54 +179,48 @@ def test_a_copied_sentencepiece_candidate_keeps_its_encoding(llama_byte_fallback
     assert json.loads((out / "build.json").read_text())["source"] == str(folder)
 
 
-def test_a_deberta_v3_sentencepiece_tokenizer_loses_its_nfkc_in_transformers(tmp_path, caplog):
+def test_a_deberta_v3_tokenizer_keeps_its_nfkc(tmp_path, caplog):
     """DeBERTa-v3 (the real configs' evaluator): a Unigram spm.model with NFKC.
 
-    transformers 5 reads the vocabulary and Unigram model right, but normalises by
-    NFC instead of the model's NFKC: full-width letters and digits, common in
-    Japanese filings, become unknown tokens. The loader warns, and lost_char_rate
-    counts exactly those characters on top of sentencepiece's own unknowns.
+    transformers 5's DeBERTa-v2 class normalises by NFC instead of the model's NFKC,
+    so full-width letters and digits, common in Japanese filings, become unknown
+    tokens; it does the same to a tokenizer.json that has the model's normaliser.
+    The loader puts the normaliser back, and the encodings are sentencepiece's.
     """
-    import unicodedata
-
     import sentencepiece as spm
+    from transformers import AutoTokenizer
 
     from domainllm.models.score import tokenizer_efficiency
 
+    folder = tmp_path / "deberta"
+    folder.mkdir()
     model_file = train_spm(
-        tmp_path / "spm.model", model_type="unigram", byte_fallback=False, normalization="nmt_nfkc"
+        folder / "spm.model", model_type="unigram", byte_fallback=False, normalization="nmt_nfkc"
     )
     processor = spm.SentencePieceProcessor(model_file=str(model_file))
-    (tmp_path / "tokenizer_config.json").write_text(
+    (folder / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "DebertaV2Tokenizer", "unk_token": "<unk>"})
     )
-    with caplog.at_level("WARNING", logger="domainllm.models.loading"):
-        tok = load_tokenizer(tmp_path)
-    assert "spm.model" in caplog.text and "DebertaV2Tokenizer" in caplog.text
     texts = heldout()
-
-    def normal(text: str) -> str:  # the text as sentencepiece's own normaliser leaves it
-        return processor.normalize(text).replace("▁", " ").strip()
-
-    # Given sentencepiece's normalised text, the encodings agree ...
-    ours_normal = tok([normal(t) for t in texts], add_special_tokens=False)["input_ids"]
-    assert ours_normal == processor.encode(texts)
-    # ... given the raw text, transformers has unknowns where the normaliser would not.
-    ours = tok(texts, add_special_tokens=False)["input_ids"]
-    assert ours != processor.encode(texts)
-    m = tokenizer_efficiency(tok, texts)
-    assert m["unk_rate"] == pytest.approx(
-        sum(ids.count(processor.unk_id()) for ids in ours) / sum(map(len, ours))
+    reference = processor.encode(texts)
+    plain = AutoTokenizer.from_pretrained(folder)
+    assert plain(texts, add_special_tokens=False)["input_ids"] != reference
+    with caplog.at_level("WARNING", logger="domainllm.models.tokenizer"):
+        tok = load_tokenizer(folder)
+    assert "nmt_nfkc normalisation" in caplog.text and "DebertaV2Tokenizer" in caplog.text
+    assert tok(texts, add_special_tokens=False)["input_ids"] == reference
+    n_unk, n_chars = unknown_chars(processor, texts)
+    lost = tokenizer_efficiency(plain, texts)["lost_char_rate"]
+    assert tokenizer_efficiency(tok, texts)["lost_char_rate"] == pytest.approx(n_unk / n_chars)
+    assert lost > n_unk / n_chars  # what the class's NFC costs
+    # Saved with its normaliser, read back as written (the class would drop it again).
+    saved = tmp_path / "saved"
+    tok.save_pretrained(saved)
+    assert (
+        AutoTokenizer.from_pretrained(saved)(texts, add_special_tokens=False)["input_ids"]
+        != reference
     )
-    # No piece holds a character outside the vocabulary (pieces are built from normalised
-    # text): transformers loses exactly the vocabulary's missing characters of NFC text.
-    unk = processor.unk_id()
-    chars = [c for t in texts for c in unicodedata.normalize("NFC", t) if not c.isspace()]
-    missing = [c for c in chars if processor.piece_to_id(c) == unk]
-    assert m["lost_char_rate"] == pytest.approx(len(missing) / len(chars))
-    # Among them, characters the model's own NFKC would have read (full-width digits).
-    assert any(processor.piece_to_id(normal(c)) != unk for c in missing)
-    assert m["lost_char_rate"] > unknown_chars(processor, texts)[0] / len(chars)
+    assert load_tokenizer(saved)(texts, add_special_tokens=False)["input_ids"] == reference
 
 
 def test_a_tokenizer_that_encodes_to_nothing_is_refused(tmp_path):

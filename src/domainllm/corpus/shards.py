@@ -99,7 +99,7 @@ class ShardTokenizer:
             self.eos_id = None if eos is None else self._fast.token_to_id(eos)
             self.vocab_size = self._fast.get_vocab_size(with_added_tokens=True)
         else:
-            from domainllm.models.loading import load_tokenizer
+            from domainllm.models.tokenizer import load_tokenizer
 
             self._hf = load_tokenizer(self.folder)
             self.eos_id = self._hf.eos_token_id

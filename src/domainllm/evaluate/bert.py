@@ -35,7 +35,7 @@ import numpy as np
 from domainllm.errors import ConfigError, DataError, PipelineError
 from domainllm.evaluate.feedback import _card, register_evaluator, sample_pairs
 from domainllm.io import read_json, write_json
-from domainllm.models.loading import load_tokenizer
+from domainllm.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -908,7 +908,7 @@ def prepare_judge(
     # A local model (folder or hub id) always has its tokenizer here; a served one only
     # when it is a folder (or config evaluate.judge.tokenizer names one).
     if backend == "transformers" or Path(tok_path).is_dir():
-        from domainllm.models.loading import load_tokenizer
+        from domainllm.models.tokenizer import load_tokenizer
 
         try:
             tok = load_tokenizer(tok_path, trust_remote_code=trust_remote_code)

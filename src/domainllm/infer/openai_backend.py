@@ -178,7 +178,7 @@ class OpenAIBackend(Backend):
         p = Path(self.path)
         if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             return None
-        from domainllm.models.loading import load_tokenizer
+        from domainllm.models.tokenizer import load_tokenizer
 
         return load_tokenizer(self.path, trust_remote_code=trust_remote_code)
 

@@ -138,79 +138,13 @@ def load_causal_lm(
         )
     except OSError as e:
         raise DataError(f"{path}: cannot load the model: {e}") from e
+    from domainllm.models.tokenizer import load_tokenizer
+
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
-
-
-# Text any tokenizer turns into at least one token (unknown tokens count); full-width
-# digits, as Japanese filings write them, which NFKC normalisation turns into ASCII.
-PROBE_TEXT = "当社の売上高は前年比１２％増加した。Revenue grew 12%."
-# SentencePiece model files as transformers' tokenizer classes name them.
-SPM_FILES = ("tokenizer.model", "spm.model", "spiece.model", "sentencepiece.bpe.model")
-
-
-def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False):
-    """``AutoTokenizer.from_pretrained(path)``, refusing a tokenizer that encodes text to nothing.
-
-    transformers reads a SentencePiece ``tokenizer.model`` (or ``spm.model``) through
-    protobuf; without it, it can fall back to a tokenizer with an empty vocabulary that
-    encodes every text to zero tokens, and every metric after it would be silently wrong.
-
-    Raises:
-        DataError: naming ``path``, when a probe text encodes to no tokens.
-    """
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    if not tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]:
-        raise DataError(
-            f"{path}: the tokenizer encodes text to no tokens ({type(tokenizer).__name__}); "
-            "a SentencePiece tokenizer.model needs the protobuf package to be read"
-        )
-    check_sentencepiece(path, tokenizer)
-    return tokenizer
-
-
-def check_sentencepiece(path: str | os.PathLike, tokenizer) -> bool:
-    """Warn when transformers encodes a SentencePiece-only folder unlike sentencepiece does.
-
-    A folder with a SentencePiece model and no ``tokenizer.json`` is converted by
-    transformers, which does not always keep the model's behaviour: its DeBERTa-v2
-    class drops the model's NFKC normalisation (full-width ``１２％`` become unknown
-    tokens), its Llama class assumes byte-fallback pieces (unknown characters vanish).
-    The pipeline trains and runs with transformers' reading; the warning says that it
-    differs from the model's own. Folders with a ``tokenizer.json`` are not checked.
-
-    Returns:
-        False when both encodings of :data:`PROBE_TEXT` differ, else True.
-    """
-    folder = Path(path)
-    model = next((folder / f for f in SPM_FILES if (folder / f).is_file()), None)
-    if model is None or (folder / "tokenizer.json").is_file():
-        return True
-    try:
-        import sentencepiece
-    except ImportError:
-        return True
-    reference = sentencepiece.SentencePieceProcessor(model_file=str(model))
-    ours = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
-    theirs = reference.encode(PROBE_TEXT)
-    if ours == theirs:
-        return True
-    log.warning(
-        "%s: transformers' %s encodes %r as %s, sentencepiece reading %s as %s; the "
-        "pipeline uses transformers' reading (selection's lost_char_rate shows what it costs)",
-        folder,
-        type(tokenizer).__name__,
-        PROBE_TEXT,
-        tokenizer.convert_ids_to_tokens(ours),
-        model.name,
-        [reference.id_to_piece(i) for i in theirs],
-    )
-    return False
 
 
 def load_for_inference(
