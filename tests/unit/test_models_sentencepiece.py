@@ -153,17 +153,19 @@ def test_the_loader_puts_back_unknown_tokens_and_keeps_them_when_copied(tmp_path
     assert m["unk_rate"] == pytest.approx(sum(ids.count(0) for ids in reference) / n_tokens)
     n_unk, n_chars = unknown_chars(processor, texts)
     assert m["lost_char_rate"] == pytest.approx(n_unk / n_chars)
-    # The candidate folder has a tokenizer.json, which transformers' Llama class would
-    # rebuild with byte fallback again; the loader reads it as written.
+    # The candidate folder's tokenizer.json is read as written by any loader (vLLM's,
+    # a user's AutoTokenizer), not rebuilt by the Llama class with byte fallback again.
     out = tmp_path / "candidate"
     build_base(str(out), corpus=None, spec=None, source=str(folder))
-    assert (out / "tokenizer.json").is_file()
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="domainllm.models.tokenizer"):
-        copied = load_tokenizer(out)
-    assert "using tokenizer.json as written" in caplog.text
-    assert copied(texts, add_special_tokens=False)["input_ids"] == reference
-    assert copied.chat_template and copied.eos_token == "</s>"
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "TokenizersBackend"
+    )
+    from transformers import AutoTokenizer
+
+    for copied in (load_tokenizer(out), AutoTokenizer.from_pretrained(out)):
+        assert copied(texts, add_special_tokens=False)["input_ids"] == reference
+        assert copied.chat_template and copied.eos_token == "</s>"
+        assert copied(texts[0])["input_ids"][0] == processor.bos_id()
 
 
 def test_a_copied_sentencepiece_candidate_keeps_its_encoding(llama_byte_fallback, tmp_path):
@@ -213,14 +215,25 @@ def test_a_deberta_v3_tokenizer_keeps_its_nfkc(tmp_path, caplog):
     lost = tokenizer_efficiency(plain, texts)["lost_char_rate"]
     assert tokenizer_efficiency(tok, texts)["lost_char_rate"] == pytest.approx(n_unk / n_chars)
     assert lost > n_unk / n_chars  # what the class's NFC costs
-    # Saved with its normaliser, read back as written (the class would drop it again).
+    # Saved, it is read with its normaliser by any loader.
     saved = tmp_path / "saved"
     tok.save_pretrained(saved)
-    assert (
-        AutoTokenizer.from_pretrained(saved)(texts, add_special_tokens=False)["input_ids"]
-        != reference
-    )
-    assert load_tokenizer(saved)(texts, add_special_tokens=False)["input_ids"] == reference
+
+    def ids(tokenizer):
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    assert ids(AutoTokenizer.from_pretrained(saved)) == reference
+    # A hub model's tokenizer.json with the normaliser, under the DeBERTa-v2 class (as
+    # converted by transformers 4): the class drops it, the loader reads the file.
+    config = json.loads((saved / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "DebertaV2Tokenizer"
+    (saved / "tokenizer_config.json").write_text(json.dumps(config))
+    assert ids(AutoTokenizer.from_pretrained(saved)) != reference
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="domainllm.models.tokenizer"):
+        as_file = load_tokenizer(saved)
+    assert "replaces the normalizer of tokenizer.json; using it as written" in caplog.text
+    assert ids(as_file) == reference
 
 
 def test_a_tokenizer_that_encodes_to_nothing_is_refused(tmp_path):

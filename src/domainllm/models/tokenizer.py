@@ -19,8 +19,10 @@ model's files say otherwise, the files lose, silently:
 ``tokenizer.json`` as written where the class would change it, puts back what the
 SentencePiece model says where there is no ``tokenizer.json`` (and checks the
 result against the sentencepiece library), and refuses a tokenizer that encodes
-text to nothing. A folder the pipeline saves afterwards has a ``tokenizer.json``
-that is the model's own, so every later stage reads the same tokenizer.
+text to nothing. Where it had to step in, it returns transformers' generic
+``PreTrainedTokenizerFast``, which saves as ``TokenizersBackend``: a folder the
+pipeline writes afterwards is read as written by any transformers 5 loader
+(vLLM's too), not only by this one.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False):
     else:
         model = sentencepiece_file(path)
         if model is not None:
-            repair_from_sentencepiece(tokenizer, model)
+            if repair_from_sentencepiece(tokenizer, model):
+                tokenizer = generic(tokenizer, path)
             check_sentencepiece(tokenizer, model)
     if not tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]:
         raise DataError(
@@ -134,13 +137,26 @@ def as_written(path: str, tokenizer, written: Path):
             "than the file defines"
         )
     log.warning(
-        "%s: transformers' %s replaces the %s of %s; using tokenizer.json as written",
+        "%s: transformers' %s replaces the %s of %s; using it as written",
         path,
         type(tokenizer).__name__,
         ", ".join(changed),
         written.name,
     )
     return generic
+
+
+def generic(tokenizer, path: str):
+    """``tokenizer`` (pipeline, special tokens, chat template) as the generic fast class."""
+    import tempfile
+
+    from transformers import PreTrainedTokenizerFast
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        out = PreTrainedTokenizerFast.from_pretrained(tmp)
+    out.name_or_path = path
+    return out
 
 
 def repair_from_sentencepiece(tokenizer, model_file: Path) -> list[str]:

@@ -429,14 +429,12 @@ def train_sft(
         )  # fmt: skip
 
     def finalize(folder: Path) -> None:
-        from transformers import AutoTokenizer
+        from domainllm.models.tokenizer import load_tokenizer
 
         merge_adapter(
             folder, base, trust_remote_code=opts.trust_remote_code, allow_pickle=opts.allow_pickle
         )
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(folder), trust_remote_code=opts.trust_remote_code
-        )
+        tokenizer = load_tokenizer(folder, trust_remote_code=opts.trust_remote_code)
         add_stop_token(folder, assistant_turn(tokenizer).stop_id)
 
     identity = {
