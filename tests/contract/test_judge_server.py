@@ -21,8 +21,8 @@ import pytest
 from domainllm.errors import PipelineError
 from domainllm.evaluate.judge import LocalJudgeLM, OpenAIJudgeLM, load_template
 from tests.contract.conftest import SERVED, serve_vllm
-from tests.unit._tiny_lm import ROOT, build_model, elyza_items, sample_texts
-from tests.unit.test_evaluate_judge import YES_NO_TEXTS
+from tests.unit._tiny_lm import ROOT, elyza_items
+from tests.unit.test_evaluate_judge import build_yes_no_model
 
 pytestmark = pytest.mark.server
 
@@ -32,17 +32,8 @@ TEMPLATE = ROOT / "config" / "judge" / "pointwise_ja.yaml"
 @pytest.fixture(scope="module")
 def judge_model(tmp_path_factory) -> Path:
     """Head size 32 (vLLM's CPU attention needs >= 32); yes/no words are single tokens."""
-    import torch
-
-    torch.set_num_threads(1)
-    return build_model(
-        tmp_path_factory.mktemp("judge_server") / "m",
-        texts=sample_texts(20) + YES_NO_TEXTS,
-        vocab_size=700,
-        hidden=64,
-        heads=2,
-        intermediate=128,
-        seed=5,
+    return build_yes_no_model(
+        tmp_path_factory.mktemp("judge_server") / "m", hidden=64, heads=2, seed=5
     )
 
 

@@ -30,19 +30,25 @@ TEMPLATES = {m: str(JUDGE_DIR / f"{m}_ja.yaml") for m in ("pointwise", "pairwise
 YES_NO_TEXTS = ["Yes No yes no はい いいえ\nYes.\nNo.\nはい。\nいいえ。"] * 30
 
 
-@pytest.fixture(scope="module")
-def yes_no_model(tmp_path_factory) -> Path:
+def build_yes_no_model(path: Path, *, hidden: int, seed: int, heads: int = 4) -> Path:
+    """A tiny judge model whose tokenizer spells the yes/no words as single tokens."""
     import torch
 
     torch.set_num_threads(1)
     return build_model(
-        tmp_path_factory.mktemp("judge") / "m",
+        path,
         texts=sample_texts(20) + YES_NO_TEXTS,
         vocab_size=700,
-        hidden=32,
-        intermediate=64,
-        seed=3,
+        hidden=hidden,
+        heads=heads,
+        intermediate=2 * hidden,
+        seed=seed,
     )
+
+
+@pytest.fixture(scope="module")
+def yes_no_model(tmp_path_factory) -> Path:
+    return build_yes_no_model(tmp_path_factory.mktemp("judge") / "m", hidden=32, seed=3)
 
 
 @pytest.fixture(scope="module")
