@@ -74,6 +74,7 @@ checkpoint select_base:
     params:
         weights=config["base"]["selection"]["weights"],
         choose=config["base"]["choose"],
+        max_lost_char_rate=config["base"]["selection"]["max_lost_char_rate"],
     threads: 1
     resources:
         mem_mb=mem_mb(1000),

@@ -11,4 +11,5 @@ with log_to(snakemake.log[0]):  # noqa: F821
         snakemake.output.chosen,  # noqa: F821
         weights=dict(snakemake.params.weights),  # noqa: F821
         choose=snakemake.params.choose,  # noqa: F821
+        max_lost_char_rate=snakemake.params.max_lost_char_rate,  # noqa: F821
     )

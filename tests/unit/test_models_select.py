@@ -17,9 +17,13 @@ TASK_DIRECTIONS = {"jcqa_acc": True, "jcqa_acc_norm": True}
 
 
 def write_scores(
-    tmp_path, rows: dict[str, tuple[float, float, float]], extra: dict | None = None
+    tmp_path,
+    rows: dict[str, tuple[float, float, float]],
+    extra: dict | None = None,
+    lost: dict[str, float] | None = None,
 ) -> list[str]:
-    """Score files as score_base writes them; ``extra`` adds task columns per candidate."""
+    """Score files as score_base writes them; ``extra`` adds task columns per candidate,
+    ``lost`` a candidate's lost_char_rate (0 otherwise)."""
     paths = []
     for name, (cpt, bpc, acc) in rows.items():
         p = tmp_path / "scores" / f"{name}.json"
@@ -37,6 +41,7 @@ def write_scores(
                     "jcqa_acc_norm": acc,
                     "jcqa_acc": acc,
                     "domain_perplexity": 10.0,
+                    "lost_char_rate": (lost or {}).get(name, 0.0),
                     **more,
                     "higher_is_better": {**TASK_DIRECTIONS, **{k: True for k in more}},
                     "timings": {"perplexity": 1.0},
@@ -47,7 +52,7 @@ def write_scores(
     return paths
 
 
-def run(tmp_path, paths, weights=WEIGHTS, choose="auto"):
+def run(tmp_path, paths, weights=WEIGHTS, choose="auto", max_lost_char_rate=0.001):
     out = {
         k: str(tmp_path / f)
         for k, f in (
@@ -57,7 +62,13 @@ def run(tmp_path, paths, weights=WEIGHTS, choose="auto"):
         )
     }
     result = select_base(
-        paths, out["table"], out["table_md"], out["chosen"], weights=weights, choose=choose
+        paths,
+        out["table"],
+        out["table_md"],
+        out["chosen"],
+        weights=weights,
+        choose=choose,
+        max_lost_char_rate=max_lost_char_rate,
     )
     return (
         result,
@@ -113,6 +124,35 @@ def test_override_is_recorded(tmp_path):
     assert chosen["path"] == "results/base/b"
     assert table.filter(pl.col("chosen"))["candidate"].to_list() == ["b"]
     assert "override" in md and "best was a" in md
+
+
+def test_a_tokenizer_that_loses_characters_cannot_win(tmp_path, caplog):
+    """Losing characters flatters chars/token and bits/char; such a candidate is passed over."""
+    rows = {"lossy": (2.0, 5.0, 0.3), "a": (1.5, 6.0, 0.2), "b": (0.4, 9.0, 0.25)}
+    paths = write_scores(tmp_path, rows, lost={"lossy": 0.004, "b": 0.001})
+    with caplog.at_level("WARNING", logger="domainllm.models.select"):
+        _, table, md, chosen = run(tmp_path, paths)
+    assert "lossy loses 0.4% of the held-out domain characters" in caplog.text
+    # lossy ranks first on every weighted metric, but a wins; b sits at the limit.
+    assert table["candidate"].to_list()[0] == "lossy"
+    assert chosen["name"] == "a" and chosen["best_ranked"] == "a"
+    assert chosen["ineligible"] == ["lossy"] and chosen["override"] is False
+    assert dict(zip(table["candidate"], table["eligible"], strict=True)) == {
+        "lossy": False,
+        "a": True,
+        "b": True,
+    }
+    assert "Not eligible to win: lossy" in md
+    assert "| lost_char_rate | ↓ | 0 | 0.004 | 0 | 0.001 |" in md
+    # No limit: lossy wins; an override may name it.
+    assert run(tmp_path, paths, max_lost_char_rate=None)[3]["name"] == "lossy"
+    assert run(tmp_path, paths, choose="lossy")[3]["name"] == "lossy"
+    # Nobody eligible: auto stops, naming the key and each loss.
+    (tmp_path / "all").mkdir()
+    paths = write_scores(tmp_path / "all", rows, lost={"lossy": 0.004, "a": 0.002, "b": 0.003})
+    with pytest.raises(PipelineError, match=r"max_lost_char_rate.*lossy 0\.4%, a 0\.2%, b 0\.3%"):
+        run(tmp_path / "all", paths)
+    assert not (tmp_path / "all" / "chosen.json").exists()
 
 
 def test_bad_selection_requests(tmp_path):

@@ -6,6 +6,11 @@ on different scales weigh equally), the rank is normalised to [0, 1] (1 =
 best), and the weighted sum of normalised ranks is the candidate's score. The
 best score wins unless the configuration names a candidate (``base.choose``),
 which is recorded as an override.
+
+A candidate whose tokenizer loses more than ``max_lost_char_rate`` of the held-out
+domain characters (unknown or dropped; ``lost_char_rate``) cannot win the ranking:
+losing characters shortens the token count and hides the hardest text from the
+perplexity, so the metrics would reward it.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ def select_base(
     *,
     weights: dict,
     choose: str = "auto",
+    max_lost_char_rate: float | None = 0.001,
 ) -> dict:
     """Write the ranking table (Parquet and Markdown) and chosen.json; return chosen.json's content.
 
@@ -94,10 +100,13 @@ def select_base(
         weights: metric -> weight of its normalised rank (0 ignores it); task
             metrics are ``<task>_acc``, ``<task>_acc_norm``, ...
         choose: ``auto`` or the name of a candidate that wins regardless of rank.
+        max_lost_char_rate: candidates above this ``lost_char_rate`` are ineligible
+            to win the ranking (None: no limit); an override may still name one.
 
     Raises:
         PipelineError: no scores, a duplicate candidate, a weight on a metric no
-            score file has, or a ``choose`` that names no candidate.
+            score file has, a ``choose`` that names no candidate, or (``auto``) no
+            eligible candidate.
     """
     import polars as pl
 
@@ -120,6 +129,26 @@ def select_base(
             f"({', '.join(names)})"
         )
 
+    lost = [r.get("lost_char_rate") for r in rows]
+    eligible = [max_lost_char_rate is None or v is None or v <= max_lost_char_rate for v in lost]
+    for name, ok, v in zip(names, eligible, lost, strict=True):
+        if not ok:
+            log.warning(
+                "%s loses %.3g%% of the held-out domain characters (more than "
+                "base.selection.max_lost_char_rate %g): it cannot win the ranking",
+                name,
+                100 * v,
+                max_lost_char_rate,
+            )
+    if choose == "auto" and not any(eligible):
+        losses = ", ".join(f"{n} {100 * v:.3g}%" for n, v in zip(names, lost, strict=True))
+        raise PipelineError(
+            f"config key 'base.selection.max_lost_char_rate': every candidate's tokenizer loses "
+            f"more than {max_lost_char_rate:g} of the held-out domain characters ({losses}); "
+            "add a candidate that covers the domain's characters, raise the limit, or name "
+            "one with base.choose"
+        )
+
     total = [0.0] * len(rows)
     columns: dict[str, list] = {"candidate": names, "model_dir": [r["model_dir"] for r in rows]}
     for metric, higher in metrics.items():
@@ -133,8 +162,12 @@ def select_base(
         columns[col] = [r.get(col) for r in rows]
     columns["score"] = total
     # The first listed candidate wins a tie (the config's order is the tie-break).
-    best = max(range(len(rows)), key=lambda i: (total[i], -i))
+    best = max(
+        (i for i in range(len(rows)) if eligible[i] or choose != "auto" and not any(eligible)),
+        key=lambda i: (total[i], -i),
+    )
     winner = names[best] if choose == "auto" else choose
+    columns["eligible"] = eligible
     columns["best_ranked"] = [i == best for i in range(len(rows))]
     columns["chosen"] = [n == winner for n in names]
     df = pl.DataFrame(columns).sort("score", descending=True, maintain_order=True)
@@ -152,6 +185,12 @@ def select_base(
             f"Chosen: **{winner}** by override (config base.choose); the ranking's best was "
             f"{names[best]} ({total[best]:.3f} of {max_score:g}; weights: {weight_text})."
         )
+    excluded = [n for n, ok in zip(names, eligible, strict=True) if not ok]
+    if excluded:
+        why += (
+            f" Not eligible to win: {', '.join(excluded)} (lost_char_rate above "
+            f"base.selection.max_lost_char_rate {max_lost_char_rate:g})."
+        )
     write_parquet(df, table)
     write_text(_markdown(df, metrics, weights) + "\n" + why + "\n", table_md)
     w_row = rows[names.index(winner)]
@@ -165,6 +204,7 @@ def select_base(
         },
         "override": choose != "auto",
         "best_ranked": names[best],
+        "ineligible": [n for n, ok in zip(names, eligible, strict=True) if not ok],
         "score": total[names.index(winner)],
         "weights": weighted,
     }
@@ -188,7 +228,7 @@ def _fmt(v) -> str:
 def _markdown(df, metrics: dict[str, bool], weights: dict) -> str:
     """The ranking (one row per candidate), then every metric (one row per metric)."""
     rows = list(df.iter_rows(named=True))
-    cols = ["candidate", "score", "chosen", *INFO_COLUMNS]
+    cols = ["candidate", "score", "chosen", "eligible", *INFO_COLUMNS]
     lines = [
         "| " + " | ".join(cols) + " |",
         "|" + "|".join("---" if c == "candidate" else "---:" for c in cols) + "|",
