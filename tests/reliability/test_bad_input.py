@@ -841,6 +841,24 @@ def _(w):
     return _generate(w, _model_folder(w, {"pytorch_model.bin": weights}), _prompts(w))
 
 
+@case(
+    "model-empty-tokenizer",
+    "models",
+    r"tiny/sft: the tokenizer encodes text to no tokens \(TokenizersBackend\); a SentencePiece "
+    r"tokenizer\.model needs the protobuf package",
+)
+def _(w):
+    """What transformers makes of a tokenizer.model it cannot read: an empty vocabulary."""
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(_model_folder(w, {}))
+    LlamaForCausalLM(LlamaConfig(**LLAMA_CONFIG)).save_pretrained(folder)
+    empty = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token="</s>")
+    empty.save_pretrained(folder)
+    return _generate(w, str(folder), _prompts(w))
+
+
 @case("model-missing", "models", r"tiny/cpt: model folder does not exist")
 def _(w):
     return _generate(w, str(w.root / "results" / "models" / "tiny" / "cpt"), _prompts(w))
