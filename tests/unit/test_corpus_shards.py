@@ -46,7 +46,11 @@ def save_bpe(folder: Path, texts: list[str], vocab_size: int = 600) -> Path:
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shards")
     texts = sentences(300)
-    texts.append("English text, with spaces  and\nnewlines: 2024年度の売上高は1,234億円。")
+    # Special-token strings in a document are text: an HTML strikethrough, say.
+    texts.append(
+        "English text, with spaces  and\nnewlines: 2024年度の売上高は1,234億円。"
+        "取消線の<s>旧価格</s>と <pad> <unk> も本文。"
+    )
     tok = save_bpe(tmp / "tok", texts[:200])
     sel = pl.DataFrame(
         {

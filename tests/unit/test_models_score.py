@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from domainllm.errors import ConfigError, DataError
-from domainllm.models.score import corpus_token_count, score_base
+from domainllm.models.score import corpus_token_count, score_base, tokenizer_efficiency
 from tests.unit._tiny_lm import ROOT, chabsa_documents, save_folder, tiny_llama
 
 
@@ -104,6 +104,10 @@ def test_corpus_tokens_are_what_the_shards_hold(candidate, tmp_path):
     from domainllm.corpus.shards import write_shards
 
     corpus = selected_corpus(tmp_path / "selected.parquet", n=25)
+    # A document quoting the special tokens (an HTML strikethrough): counted as text.
+    df = pl.read_parquet(corpus)
+    quoted = "価格は<s>100円</s>から<pad>90円に</s>"
+    df.with_columns(pl.col("text").str.replace("^", quoted).alias("text")).write_parquet(corpus)
     manifest = write_shards(str(corpus), str(candidate), str(tmp_path / "shards"))
     tok = AutoTokenizer.from_pretrained(candidate)
     exact = corpus_token_count(tok, str(corpus))
@@ -111,6 +115,8 @@ def test_corpus_tokens_are_what_the_shards_hold(candidate, tmp_path):
     assert exact["corpus_tokens"] == sum(s["total_tokens"] for s in splits)
     assert exact["corpus_docs"] == sum(s["total_docs"] for s in splits) == 25
     assert exact["corpus_tokens_estimated"] is False
+    eff = tokenizer_efficiency(tok, [quoted])
+    assert eff["lost_char_rate"] == 0 and eff["domain_tokens"] > 10
     # Beyond max_docs the count is estimated from a sample, close to the exact one.
     est = corpus_token_count(tok, str(corpus), max_docs=10, seed=3)
     assert est["corpus_tokens_estimated"] is True and est["corpus_docs"] == 25

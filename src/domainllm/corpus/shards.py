@@ -82,6 +82,9 @@ class ShardTokenizer:
 
     Uses the fast ``tokenizers`` library directly when the folder has a
     ``tokenizer.json`` (no transformers import), else transformers' AutoTokenizer.
+    Special-token strings in a document (``<s>``, ``</s>``: an HTML strikethrough,
+    say) are encoded as the text they are, never as the special tokens: the only eos
+    in a shard is the one that ends each document.
     """
 
     def __init__(self, folder: str | Path):
@@ -95,6 +98,7 @@ class ShardTokenizer:
             from tokenizers import Tokenizer
 
             self._fast = Tokenizer.from_file(str(tok_json))
+            self._fast.encode_special_tokens = True
             eos = _special_token(self.folder, "eos_token")
             self.eos_id = None if eos is None else self._fast.token_to_id(eos)
             self.vocab_size = self._fast.get_vocab_size(with_added_tokens=True)
@@ -131,7 +135,7 @@ class ShardTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self._fast is not None:
             return [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
-        return self._hf(texts, add_special_tokens=False)["input_ids"]
+        return self._hf(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]

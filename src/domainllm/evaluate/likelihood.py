@@ -307,7 +307,8 @@ def domain_bits_per_char(
     bos = tokenizer.bos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     windows: list[tuple[list[int], list[int], int]] = []
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # Special-token strings in the text are text (as the shards encode them).
+    encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     for ids in encoded:
         seq = ([bos] if bos is not None else []) + list(ids)
         windows.extend(sliding_windows(seq, seq_len, stride))

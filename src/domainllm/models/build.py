@@ -184,7 +184,8 @@ def pack_tokens(tokenizer, texts: list[str], n_tokens: int, seed: int, chunk_doc
         order = _sample(texts, len(texts), seed + epoch)
         for start in range(0, len(order), chunk_docs):
             batch = order[start : start + chunk_docs]
-            for ids in tokenizer(batch, add_special_tokens=True)["input_ids"]:
+            encoded = tokenizer(batch, add_special_tokens=True, split_special_tokens=True)
+            for ids in encoded["input_ids"]:
                 parts.append(np.asarray(ids + [eos], dtype=np.int64))
                 have += len(ids) + 1
                 docs += 1

@@ -43,7 +43,8 @@ def read_texts(path: str, column: str = "text") -> list[str]:
 
 def tokenizer_efficiency(tokenizer, texts: list[str]) -> dict:
     """Characters and UTF-8 bytes per token, unknown tokens and lost characters over ``texts``."""
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # Special-token strings in the text count as text, as the shards encode them.
+    encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     n_tokens = sum(len(ids) for ids in encoded)
     unk = tokenizer.unk_token_id
     n_unk = sum(ids.count(unk) for ids in encoded) if unk is not None else 0
@@ -127,7 +128,8 @@ def corpus_token_count(
     n_tokens = sample_chars = 0
     for start in range(0, len(texts), batch_docs):
         batch = texts[start : start + batch_docs]
-        n_tokens += sum(len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"])
+        encoded = tokenizer(batch, add_special_tokens=False, split_special_tokens=True)
+        n_tokens += sum(len(ids) for ids in encoded["input_ids"])
         sample_chars += sum(len(t) for t in batch)
     if estimated:
         n_tokens = round(n_tokens / max(sample_chars, 1) * n_chars)
