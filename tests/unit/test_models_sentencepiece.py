@@ -234,6 +234,8 @@ def test_a_deberta_v3_tokenizer_keeps_its_nfkc(tmp_path, caplog):
         as_file = load_tokenizer(saved)
     assert "replaces the normalizer of tokenizer.json; using it as written" in caplog.text
     assert ids(as_file) == reference
+    # With the model's own code allowed, its class is the definition: nothing is replaced.
+    assert ids(load_tokenizer(saved, trust_remote_code=True)) != reference
 
 
 def test_a_tokenizer_that_encodes_to_nothing_is_refused(tmp_path):

@@ -48,6 +48,9 @@ PIPELINE = ("normalizer", "pre_tokenizer", "model", "decoder")
 def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False):
     """Load the tokenizer of a local folder or hub id as its files define it.
 
+    A tokenizer whose code comes with the model (``trust_remote_code``) is left as its
+    code builds it: that code, not transformers', is the model author's definition.
+
     Raises:
         DataError: naming ``path``, when the tokenizer encodes a probe text to no tokens.
     """
@@ -55,11 +58,11 @@ def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False):
 
     path = str(path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    written = tokenizer_file(path)
+    written = None if trust_remote_code else tokenizer_file(path)
     if written is not None:
         tokenizer = as_written(path, tokenizer, written)
     else:
-        model = sentencepiece_file(path)
+        model = None if trust_remote_code else sentencepiece_file(path)
         if model is not None:
             if repair_from_sentencepiece(tokenizer, model):
                 tokenizer = generic(tokenizer, path)
