@@ -97,6 +97,17 @@ def test_labels_are_masked_exactly_on_prompt_and_padding(world, tokenizer):
     assert torch.equal(flat["labels"][0], torch.cat([torch.tensor(e["labels"]) for e in examples]))
 
 
+def test_special_token_strings_in_an_answer_are_text(tokenizer):
+    """A product log quoting '</s>' must not teach the model to stop mid-answer."""
+    answer = "旧価格は<s>100円</s>です。</s>の後も続きます。"
+    e = build_example(tokenizer, "価格を教えて", answer, 10_000)
+    kept = [t for t in e["labels"] if t != IGNORE_INDEX]
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    assert kept.count(eos) == 1 and kept[-1] == eos  # only the end of the turn
+    assert bos not in kept
+    assert tokenizer.decode(kept) == answer + tokenizer.eos_token
+
+
 def test_truncation_keeps_the_prompt_header_and_drops_eos(tokenizer):
     long_instruction = "売上高が増加しました。" * 60
     long_answer = "営業利益は減少しました。" * 60

@@ -71,9 +71,26 @@ CLI_PATHS = {
 _PROBE = "\x00ANSWER\x00"
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    # The template already writes bos; the tokenizer must not add another.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _ids(tokenizer, text: str, *, as_text: bool = False) -> list[int]:
+    # The template already writes bos; the tokenizer must not add another. as_text:
+    # special-token strings in the text are characters, not special tokens.
+    return list(
+        tokenizer(text, add_special_tokens=False, split_special_tokens=as_text)["input_ids"]
+    )
+
+
+def answer_tokens(tokenizer, turn: AssistantTurn, answer: str) -> list[int]:
+    """The supervised tokens of an answer: the turn's prefix, the answer, the closing tokens.
+
+    Special-token strings inside the answer (``</s>`` quoted in a product log, say) are
+    encoded as text, so the model never learns to end an answer in its middle; the
+    template's own prefix keeps its special tokens.
+    """
+    if any(s in turn.prefix for s in tokenizer.all_special_tokens):
+        body = _ids(tokenizer, turn.prefix) + _ids(tokenizer, answer, as_text=True)
+    else:
+        body = _ids(tokenizer, turn.prefix + answer, as_text=True)
+    return body + list(turn.suffix_ids)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +167,7 @@ def build_example(
         ``{"input_ids", "labels", "prompt_len", "truncated"}``.
     """
     turn = turn or assistant_turn(tokenizer)
-    answer_ids = _ids(tokenizer, turn.prefix + answer) + list(turn.suffix_ids)
+    answer_ids = answer_tokens(tokenizer, turn, answer)
     prompt_ids = _ids(tokenizer, format_prompt(tokenizer, instruction))
     budget = max(max_len - len(answer_ids), max_len // 2)
     truncated = False
