@@ -864,6 +864,39 @@ def _(w):
     return _generate(w, str(w.root / "results" / "models" / "tiny" / "cpt"), _prompts(w))
 
 
+@case(
+    "selection-no-eligible-candidate",
+    "models",
+    r"config key 'base\.selection\.max_lost_char_rate': every candidate's tokenizer loses more "
+    r"than 0\.001 of the held-out domain characters \(spm-a 2\.5%, spm-b 0\.8%\)",
+)
+def _(w):
+    scores = []
+    for name, lost in (("spm-a", 0.025), ("spm-b", 0.008)):
+        score = {
+            "candidate": name,
+            "model_dir": f"results/base/{name}",
+            "chars_per_token": 1.2,
+            "domain_bits_per_char": 3.0,
+            "lost_char_rate": lost,
+        }
+        scores.append(str(w.write(f"results/selection/scores/{name}.json", json.dumps(score))))
+    return w.script(
+        "select_base",
+        input={"scores": scores},
+        output={
+            "table": w.old("results/selection/table.parquet"),
+            "table_md": w.old("results/selection/table.md"),
+            "chosen": w.old("results/selection/chosen.json"),
+        },
+        params={
+            "weights": {"chars_per_token": 1.0, "domain_bits_per_char": 1.0},
+            "choose": "auto",
+            "max_lost_char_rate": 0.001,
+        },
+    )  # fmt: skip
+
+
 @case("prompts-empty", "models", r"eval_prompts\.parquet: no prompts")
 def _(w):
     return _generate(w, _model_folder(w, {"model.safetensors": b"x"}), _prompts(w, 0))
