@@ -69,15 +69,22 @@ def checksum_root(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def describe(path: str | os.PathLike) -> dict:
-    """The checksum record of a file or folder (sizes and sha256 of every file)."""
+def describe(path: str | os.PathLike, known: dict[str, str] | None = None) -> dict:
+    """The checksum record of a file or folder (sizes and sha256 of every file).
+
+    Args:
+        known: sha256 of files of the folder already computed from the same bytes
+            (relative path -> digest), used instead of reading them again.
+    """
     p = Path(path)
+    known = known or {}
     if p.is_dir():
         files = {}
         for f in sorted(x for x in p.rglob("*") if x.is_file()):
-            files[f.relative_to(p).as_posix()] = {
+            rel = f.relative_to(p).as_posix()
+            files[rel] = {
                 "bytes": f.stat().st_size,
-                "sha256": sha256_file(f),
+                "sha256": known.get(rel) or sha256_file(f),
             }
         return {"format": RECORD_FORMAT, "kind": "directory", "files": files}
     return {
@@ -86,6 +93,29 @@ def describe(path: str | os.PathLike) -> dict:
         "bytes": p.stat().st_size,
         "sha256": sha256_file(p),
     }
+
+
+def shard_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """The sha256 a shard folder's manifest lists for each shard (relative path -> digest).
+
+    :func:`domainllm.corpus.shards.write_shards` hashes every shard as it writes it;
+    recording the folder reuses those digests instead of reading the shards again.
+    Only for recording a folder just written: :func:`verify` always reads the bytes.
+    """
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        splits = data.get("splits") or {"train": data}
+        return {
+            s["file"]: s["sha256"]
+            for entry in splits.values()
+            for s in entry.get("shards", [])
+            if s.get("sha256")
+        }
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return {}
 
 
 def record_path(root: Path, artifact: Path) -> Path:
@@ -110,7 +140,7 @@ def record_checksum(written: str | os.PathLike, final: str | os.PathLike) -> Pat
     rel = final.relative_to(root).parts
     if rel[0] == CHECKSUMS or any(TMP_NAME.match(part) for part in rel[:-1]):
         return None
-    record = {"path": "/".join(rel), **describe(written)}
+    record = {"path": "/".join(rel), **describe(written, known=shard_digests(written))}
     out = record_path(root, final)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -158,6 +158,31 @@ def test_leftovers_of_interrupted_writes_are_warnings_not_errors(results, capsys
     assert code == 0 and "WARN" in out and "interrupted write" in out
 
 
+def test_shards_are_recorded_from_their_manifest_without_reading_them_again(
+    pristine, tmp_path, monkeypatch
+):
+    """The record of a shard folder takes each shard's digest from the manifest (hashed
+    while writing), and it is the digest of the bytes on disk."""
+    import domainllm.verify as verify_module
+    from domainllm.verify import describe, record_path
+
+    read = []
+    real = verify_module.sha256_file
+    monkeypatch.setattr(verify_module, "sha256_file", lambda p: read.append(Path(p)) or real(p))
+    results = tmp_path / "results"
+    (results / CHECKSUMS).mkdir(parents=True)
+    write_shards(
+        str(pristine / "corpus" / "selected.parquet"), str(pristine / MODEL),
+        str(results / SHARDS), tokens_per_shard=1000, validation_fraction=0.1,
+    )  # fmt: skip
+    assert read and not [p for p in read if p.suffix == ".bin"]  # manifest, documents only
+    record = json.loads(record_path(results, results / SHARDS).read_text())
+    shards = {k: v for k, v in record["files"].items() if k.endswith(".bin")}
+    assert len(shards) > 2
+    monkeypatch.undo()
+    assert shards == {k: v for k, v in describe(results / SHARDS)["files"].items() if k in shards}
+
+
 def test_nothing_is_recorded_outside_a_results_folder(tmp_path):
     write_json({"a": 1}, tmp_path / "x" / "a.json")
     assert not list(tmp_path.rglob(CHECKSUMS))
