@@ -28,6 +28,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from domainllm.train.common import complete_checkpoints, launch_command  # noqa: E402
+from domainllm.verify import CHECKSUMS, describe, record_path  # noqa: E402
 from tests.unit._tiny_lm import ROOT, quick_train, sample_texts, write_shards  # noqa: E402
 from tests.unit.test_train_cpt import build_base  # noqa: E402
 
@@ -71,6 +72,7 @@ sys.exit(cpt.main())
 def world(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cpt-dist")
+    (root / CHECKSUMS).mkdir()  # a results folder: outputs get write-time checksums
     texts = sample_texts(120)
     base = build_base(root / "base", texts)
     shards = write_shards(base, root / "shards", texts, tokens_per_shard=15000)
@@ -190,6 +192,9 @@ def test_deepspeed_zero_on_two_cpu_processes(
     assert metrics["tokens_per_s"] > 0 and metrics["n_params"] == single["n_params"]
     mfu = 6 * metrics["n_params"] * metrics["tokens_per_s"] / (1e12 * 2)
     assert metrics["mfu"] == pytest.approx(mfu)
+    # Rank 0 recorded the folder's checksums for `domainllm verify` before renaming it.
+    record = json.loads(record_path(root, out).read_text())
+    assert record["kind"] == "directory" and record["files"] == describe(out)["files"]
     model, tok = load_causal_lm(out)  # consolidated safetensors, also after ZeRO-3
     ids = torch.tensor([tok("当社グループの売上高は増加しました。")["input_ids"]])
     with torch.no_grad():

@@ -430,7 +430,9 @@ def output_folder(path: str | os.PathLike) -> Iterator[Path]:
 
     With one process this is :func:`domainllm.io.atomic_path`. Under a
     multi-process launcher every rank must take part in saving (ZeRO-3 gathers
-    the weights), so all ranks share one temporary name and only rank 0 renames.
+    the weights), so all ranks share one temporary name and only rank 0 records
+    its checksums (:func:`domainllm.verify.record_checksum`, as atomic_path does)
+    and renames it, once every rank has finished writing.
     """
     import torch.distributed as dist
 
@@ -449,6 +451,9 @@ def output_folder(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         wait_for_everyone()
         if is_main_process():
+            from domainllm.verify import record_checksum
+
+            record_checksum(tmp, final)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
     except BaseException:
