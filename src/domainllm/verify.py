@@ -107,15 +107,19 @@ def shard_digests(folder: str | os.PathLike) -> dict[str, str]:
         return {}
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
-        splits = data.get("splits") or {"train": data}
         return {
             s["file"]: s["sha256"]
-            for entry in splits.values()
+            for entry in manifest_splits(data).values()
             for s in entry.get("shards", [])
             if s.get("sha256")
         }
     except (ValueError, AttributeError, KeyError, TypeError):
         return {}
+
+
+def manifest_splits(data: dict) -> dict:
+    """A shard manifest's splits; a format-1 manifest is one split, ``train``."""
+    return data.get("splits") or {"train": data}
 
 
 def record_path(root: Path, artifact: Path) -> Path:
@@ -326,8 +330,7 @@ def _check_shard_manifest(manifest: Path, report: Report, vouched: set[Path]) ->
     except KeyError:
         report.bad(manifest, f"unsupported dtype {data['dtype']!r}")
         return
-    splits = data.get("splits") or {"train": data}
-    for entry in splits.values():
+    for entry in manifest_splits(data).values():
         for shard in entry.get("shards", []):
             f = folder / shard["file"]
             if not f.is_file():

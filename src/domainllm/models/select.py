@@ -162,10 +162,9 @@ def select_base(
         columns[col] = [r.get(col) for r in rows]
     columns["score"] = total
     # The first listed candidate wins a tie (the config's order is the tie-break).
-    best = max(
-        (i for i in range(len(rows)) if eligible[i] or choose != "auto" and not any(eligible)),
-        key=lambda i: (total[i], -i),
-    )
+    # Ineligible ones only when none is eligible, which only an override gets past.
+    pool = [i for i, ok in enumerate(eligible) if ok] or range(len(rows))
+    best = max(pool, key=lambda i: (total[i], -i))
     winner = names[best] if choose == "auto" else choose
     columns["eligible"] = eligible
     columns["best_ranked"] = [i == best for i in range(len(rows))]

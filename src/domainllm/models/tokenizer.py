@@ -100,18 +100,20 @@ def sentencepiece_file(path: str) -> Path | None:
     return next((p / f for f in SPM_FILES if (p / f).is_file()), None) if p.is_dir() else None
 
 
-def pipeline_changes(tokenizer, written: Path) -> list[str]:
-    """The parts of :data:`PIPELINE` where ``tokenizer`` differs from ``written``.
-
-    Both sides are serialised by the same tokenizers version (the file is parsed and
-    written back first), so format differences between versions do not count.
-    """
+def as_serialised(written: Path) -> dict:
+    """``tokenizer.json`` as this tokenizers version writes it (parsed and written back),
+    so that format differences between versions do not count as changes."""
     from tokenizers import Tokenizer
 
+    return json.loads(Tokenizer.from_file(str(written)).to_str())
+
+
+def pipeline_changes(tokenizer, as_file: dict) -> list[str]:
+    """The parts of :data:`PIPELINE` where ``tokenizer`` differs from ``as_file``
+    (:func:`as_serialised`)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return []
-    as_file = json.loads(Tokenizer.from_file(str(written)).to_str())
     loaded = json.loads(backend.to_str())
     return [part for part in PIPELINE if loaded.get(part) != as_file.get(part)]
 
@@ -127,13 +129,14 @@ def as_written(path: str, tokenizer, written: Path):
     Raises:
         DataError: the generic loader does not give the file's pipeline either.
     """
-    changed = pipeline_changes(tokenizer, written)
+    as_file = as_serialised(written)
+    changed = pipeline_changes(tokenizer, as_file)
     if not changed:
         return tokenizer
     from transformers import PreTrainedTokenizerFast
 
     generic = PreTrainedTokenizerFast.from_pretrained(path)
-    still = pipeline_changes(generic, written)
+    still = pipeline_changes(generic, as_file)
     if still:
         raise DataError(
             f"{written}: transformers loads this tokenizer with a different {', '.join(still)} "
